@@ -1,0 +1,212 @@
+"""CT volumes in one agreed orientation: the only place axis order is defined.
+
+Every volume inside l3node is a :class:`Volume` whose ``hu`` array has axes
+``(k, row, col)``:
+
+* ``k``   -- slice index, patient **z increasing** (inferior -> superior, DICOM LPS +z);
+* ``row`` -- patient **anterior -> posterior** (DICOM LPS +y);
+* ``col`` -- patient **right -> left** (DICOM LPS +x).
+
+This is what a radiologist sees on an axial slice (patient's right on the image
+left, anterior at the top) and what SimpleITK returns for an image oriented
+``LPS``. Loaders below reorient whatever they read into this convention; nothing
+else in the package re-invents it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from l3node.errors import SeriesRejected
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An axial CT volume in Hounsfield units.
+
+    Attributes
+    ----------
+    hu:
+        float32 array ``(k, row, col)``, see module docstring.
+    spacing_mm:
+        ``(dz, drow, dcol)`` voxel spacing in mm.
+    origin_mm:
+        LPS position (x, y, z) in mm of voxel ``[0, 0, 0]``'s centre.
+    sop_instance_uids:
+        For volumes read from DICOM: the SOPInstanceUID of each slice ``k``.
+    """
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    sop_instance_uids: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def z_mm(self) -> np.ndarray:
+        """Patient z (mm, LPS, +superior) of each slice."""
+        return self.origin_mm[2] + self.spacing_mm[0] * np.arange(self.hu.shape[0])
+
+    def slice_index_at(self, z_mm: float) -> int:
+        """Index of the slice whose centre is nearest to patient ``z_mm``.
+
+        Raises
+        ------
+        ValueError
+            If ``z_mm`` lies more than half a slice outside the volume.
+        """
+        k = int(round((z_mm - self.origin_mm[2]) / self.spacing_mm[0]))
+        if not 0 <= k < self.hu.shape[0]:
+            raise ValueError(f"z={z_mm:.1f} mm is outside the volume ({self.z_mm[0]:.1f}..{self.z_mm[-1]:.1f} mm)")
+        return k
+
+    def contains_z(self, z_mm: float) -> bool:
+        z = self.z_mm
+        half = self.spacing_mm[0] / 2
+        return bool(z[0] - half <= z_mm <= z[-1] + half)
+
+    @property
+    def pixel_area_mm2(self) -> float:
+        return float(self.spacing_mm[1] * self.spacing_mm[2])
+
+    def to_source_pixels(self, plane: np.ndarray) -> np.ndarray:
+        """Map a ``(row, col)`` plane of this volume back to the source DICOM pixel grid.
+
+        Volumes read from DICOM may have been flipped to reach the package
+        convention (e.g. prone or feet-first acquisitions); anything written on a
+        source image (SEG frames, overlays) must undo that flip.
+        """
+        if self.extra.get("flip_rows"):
+            plane = plane[::-1, :]
+        if self.extra.get("flip_cols"):
+            plane = plane[:, ::-1]
+        return np.ascontiguousarray(plane)
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """The volume as a SimpleITK image (LPS direction = identity)."""
+    image = sitk.GetImageFromArray(volume.hu)
+    image.SetSpacing((volume.spacing_mm[2], volume.spacing_mm[1], volume.spacing_mm[0]))
+    image.SetOrigin(volume.origin_mm)
+    return image
+
+
+def from_sitk(image: sitk.Image, *, hu: bool = True) -> Volume:
+    """Reorient any SimpleITK image to the package convention.
+
+    Oblique directions are snapped to the nearest axes by ``DICOMOrient``; callers
+    that care (DICOM series) check obliquity before.
+    """
+    oriented = sitk.DICOMOrient(image, "LPS")
+    array = sitk.GetArrayFromImage(oriented)
+    array = array.astype(np.float32) if hu else array
+    sx, sy, sz = oriented.GetSpacing()
+    return Volume(hu=array, spacing_mm=(sz, sy, sx), origin_mm=tuple(float(v) for v in oriented.GetOrigin()))
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a NIfTI CT volume into the package convention."""
+    return from_sitk(sitk.ReadImage(str(path)))
+
+
+def read_label_nifti(path: str | Path) -> np.ndarray:
+    """Read a NIfTI label map and return its integer array in the package convention."""
+    return from_sitk(sitk.ReadImage(str(path)), hu=False).hu
+
+
+def volume_from_datasets(datasets: Sequence[pydicom.Dataset], *, max_gap_ratio: float = 1.5) -> Volume:
+    """Stack single-frame axial CT datasets into a :class:`Volume`.
+
+    Geometry is checked, not assumed: one orientation, axial within 1 degree, same
+    matrix and pixel spacing, no duplicate positions, regular spacing. The
+    caller (series assembly) has already removed non-image objects.
+
+    Raises
+    ------
+    SeriesRejected
+        With a specific reason when the slices do not form one regular axial volume.
+    """
+    if len(datasets) < 2:
+        raise SeriesRejected("too_few_slices", f"{len(datasets)} image(s); a volume needs at least 2")
+    iops = {tuple(round(float(v), 4) for v in ds.ImageOrientationPatient) for ds in datasets}
+    if len(iops) > 1:
+        raise SeriesRejected("mixed_orientation", f"{len(iops)} different ImageOrientationPatient values")
+    row_cos = np.array(datasets[0].ImageOrientationPatient[:3], float)
+    col_cos = np.array(datasets[0].ImageOrientationPatient[3:], float)
+    normal = np.cross(row_cos, col_cos)
+    if abs(normal[2]) < np.cos(np.deg2rad(1.0)):
+        raise SeriesRejected("not_axial", f"slice normal {np.round(normal, 3).tolist()} is not axial")
+    if abs(abs(row_cos[0]) - 1) > 1e-3 or abs(abs(col_cos[1]) - 1) > 1e-3:
+        raise SeriesRejected("rotated_in_plane", "image rows/columns are not aligned with patient x/y")
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in datasets}
+    if len(shapes) > 1 or len(spacings) > 1:
+        raise SeriesRejected("mixed_matrix", "slices differ in matrix size or pixel spacing")
+
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    along = positions @ normal
+    order = np.argsort(along)
+    along = along[order]
+    steps = np.diff(along)
+    if np.any(steps < 1e-3):
+        raise SeriesRejected("duplicate_slices", "two or more slices share a position")
+    step = float(np.median(steps))
+    if np.any(steps > max_gap_ratio * step):
+        gap_at = int(np.argmax(steps))
+        raise SeriesRejected(
+            "missing_slices", f"gap of {steps[gap_at]:.2f} mm where spacing is {step:.2f} mm (slice {gap_at})"
+        )
+    if np.any(np.abs(steps - step) > 0.1 * step):
+        raise SeriesRejected("irregular_spacing", f"slice spacing varies {steps.min():.2f}..{steps.max():.2f} mm")
+    # Gantry tilt shows as in-plane drift of ImagePositionPatient along the stack.
+    drift = positions[order][-1, :2] - positions[order][0, :2]
+    if np.hypot(*drift) > 0.01 * abs(along[-1] - along[0]) + 0.5:
+        raise SeriesRejected("gantry_tilt", "slice origins drift in-plane (tilted gantry); not resampled")
+
+    slices = []
+    for i in order:
+        ds = datasets[i]
+        pixels = ds.pixel_array.astype(np.float32)
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        slices.append(pixels * slope + intercept)
+    hu = np.stack(slices)
+    # Bring rows/cols to LPS (+y down the rows, +x along the columns).
+    if col_cos[1] < 0:
+        hu = hu[:, ::-1, :]
+    if row_cos[0] < 0:
+        hu = hu[:, :, ::-1]
+    ordered = [datasets[i] for i in order]
+    if normal[2] < 0:
+        # Sorting along a normal that points inferior gives descending z: flip to ascending.
+        hu = hu[::-1]
+        ordered = ordered[::-1]
+    dy, dx = (float(v) for v in datasets[0].PixelSpacing)  # PixelSpacing = (row spacing, column spacing)
+    z_values = [float(ds.ImagePositionPatient[2]) for ds in ordered]
+    first = np.array([float(v) for v in ordered[0].ImagePositionPatient])
+    nrow, ncol = hu.shape[1:]
+    x0 = first[0] if row_cos[0] > 0 else first[0] - (ncol - 1) * dx
+    y0 = first[1] if col_cos[1] > 0 else first[1] - (nrow - 1) * dy
+    return Volume(
+        hu=np.ascontiguousarray(hu, dtype=np.float32),
+        spacing_mm=(abs(z_values[1] - z_values[0]) if len(z_values) > 1 else step, dy, dx),
+        origin_mm=(float(x0), float(y0), float(z_values[0])),
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered),
+        extra={"flip_rows": bool(col_cos[1] < 0), "flip_cols": bool(row_cos[0] < 0)},
+    )
+
+
+def read_dicom_folder(folder: str | Path) -> Volume:
+    """Read every DICOM file in ``folder`` (one series) into a :class:`Volume`."""
+    datasets = [pydicom.dcmread(p) for p in sorted(Path(folder).iterdir()) if p.is_file()]
+    return volume_from_datasets(datasets)

@@ -1,0 +1,47 @@
+"""Structured logging: JSON lines for services, readable console for people.
+
+Events are keywords (``series_selected``, ``send_failed``) with stable keys
+(``study_uid``, ``series_uid``, ``calling_ae``, ``dest``, ``elapsed_s``). Patient
+names and IDs are never logged; :func:`_drop_patient_identifiers` removes them
+should a caller pass one by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_FORBIDDEN = {"PatientName", "PatientID", "patient_name", "patient_id", "PatientBirthDate"}
+
+
+def _drop_patient_identifiers(_logger, _method, event_dict):
+    for key in _FORBIDDEN & event_dict.keys():
+        event_dict[key] = "<removed>"
+    return event_dict
+
+
+def configure(json: bool = True, level: str = "INFO") -> None:
+    """Configure structlog once for the process."""
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_patient_identifiers,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # pynetdicom logs through stdlib logging; keep it quiet unless asked.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
+
+
+def get_logger(name: str):
+    """A bound structlog logger for ``name`` (the module)."""
+    return structlog.get_logger(name)
