@@ -1,0 +1,179 @@
+"""Command line: the only place that parses arguments and exits.
+
+    l3node demo                          node + local PACS + synthetic study, end to end
+    l3node serve [config.yaml]           run the DICOM node
+    l3node run DICOM_DIR --out DIR       analyse one study offline
+    l3node check-config config.yaml      print the configuration in effect, or every problem
+    l3node status [--config FILE]        studies and sends, by state
+    l3node phantom --variant V --seed N --out DIR
+    l3node evaluate l3|seg CASES...      metrics tables and plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from l3node import __version__
+from l3node.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l3node", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"l3node {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="send a synthetic study through a local node and show what comes back")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the demo keeps its files")
+    demo.add_argument("--variant", default="normal", help="phantom variant (see `l3node phantom --list-variants`)")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="run the DICOM node")
+    serve.add_argument("config", type=Path, nargs="?", default=None, help="YAML configuration (default: built-in)")
+    serve.set_defaults(func=_serve)
+
+    run = sub.add_parser("run", help="analyse one study offline")
+    run.add_argument("study", type=Path, help="folder of DICOM files of one study")
+    run.add_argument("--out", type=Path, required=True, help="output folder (results.json + DICOM objects)")
+    run.add_argument("--config", type=Path, default=None)
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("config", type=Path)
+    check.set_defaults(func=_check_config)
+
+    status = sub.add_parser("status", help="studies and sends by state")
+    status.add_argument("--config", type=Path, default=None)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+
+    phantom = sub.add_parser("phantom", help="write a synthetic CT study with known anatomy")
+    phantom.add_argument("--variant", default="normal")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--out", type=Path)
+    phantom.add_argument("--list-variants", action="store_true")
+    phantom.add_argument("--matrix", type=int, choices=(256, 512), default=None)
+    phantom.add_argument("--slice-mm", type=float, default=None, help="slice thickness and spacing")
+    phantom.add_argument("--scan-range", default=None,
+                         choices=("abdomen_pelvis", "chest_abdomen_pelvis", "chest_only", "l3_edge"))
+    phantom.set_defaults(func=_phantom)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate L3 location or segmentation")
+    evaluate.add_argument("what", choices=("l3", "seg"))
+    evaluate.add_argument("cases", nargs="*", type=Path,
+                          help="labelled cases (folders with ct.nii.gz + labels); none: phantoms")
+    evaluate.add_argument("--phantoms-per-variant", type=int, default=0)
+    evaluate.add_argument("--out", type=Path, default=Path("evaluation"))
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def _load(path: Path | None):
+    from l3node.config import load_config
+    from l3node.logs import configure
+
+    config = load_config(path)
+    configure(json=config.logging.format == "json", level=config.logging.level)
+    return config
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from l3node.config import load_config
+
+    config = load_config(args.config)  # ConfigError -> every problem, exit 2
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from l3node.service import serve
+
+    serve(_load(args.config))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from l3node.pipeline import analyse_study
+
+    config = _load(args.config)
+    if not args.study.is_dir():
+        print(f"error: {args.study} is not a folder", file=sys.stderr)
+        return 2
+    outcome = analyse_study(args.study, args.out, config)
+    print(json.dumps({"status": outcome.status, "reason": outcome.reason,
+                      "results": str(args.out / "results.json"),
+                      "outputs": [str(p) for p in outcome.output_files]}, indent=2))
+    return 0 if outcome.status == "done" else 3
+
+
+def _status(args: argparse.Namespace) -> int:
+    from l3node.node.audit import status_summary
+
+    config = _load(args.config)
+    summary = status_summary(config.storage.root)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>20}: {value}")
+    return 0
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from l3node.phantom import VARIANTS, main_phantom
+
+    if args.list_variants:
+        print("\n".join(VARIANTS))
+        return 0
+    if args.out is None:
+        print("error: --out is required", file=sys.stderr)
+        return 2
+    if args.variant not in VARIANTS:
+        print(f"error: unknown variant {args.variant!r}; one of: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    options = {}
+    if args.matrix:
+        options["matrix"] = args.matrix
+    if args.slice_mm:
+        options["slice_thickness_mm"] = args.slice_mm
+    if args.scan_range:
+        options["scan_range"] = args.scan_range
+    path = main_phantom(args.variant, args.seed, args.out, **options)
+    print(path)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if args.what == "l3":
+        from l3node.train.evaluate_l3 import main_evaluate_l3 as evaluate
+    else:
+        from l3node.train.evaluate_seg import main_evaluate_seg as evaluate
+    return int(evaluate(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant) or 0)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from l3node.demo import run_demo
+
+    return run_demo(args.out, variant=args.variant, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
