@@ -12,6 +12,7 @@ a short SR saying why, so nobody waits for a result that will not come.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -215,7 +216,7 @@ def _write_results(
         "other_series": series_results[1:],
         "rejected_series": rejected,
         "timings_s": watch.timings_s,
-        "software": {"name": "l3node", "version": __version__, "algorithm": algorithm.as_dict()},
+        "software": {"name": "l3node", "version": __version__, "algorithm": dataclasses.asdict(algorithm)},
     }
     return StudyOutcome(
         status="done",

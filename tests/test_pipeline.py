@@ -1,0 +1,113 @@
+"""The offline pipeline (`l3node run`): phantoms with known truth, real DICOM, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from l3node.cli import main
+from l3node.config import Config
+from l3node.outputs.validate import dciodvfy_available, run_dciodvfy
+from l3node.phantom import main_phantom
+from l3node.pipeline import analyse_study
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DICOM = SHARED_DATA / "ts_example_ct_dicom"
+
+
+@pytest.fixture(scope="module")
+def phantom_study(tmp_path_factory) -> Path:
+    return main_phantom("normal", 11, tmp_path_factory.mktemp("study"), matrix=256, slice_thickness_mm=3.0,
+                        scan_range="abdomen_pelvis")
+
+
+@pytest.fixture(scope="module")
+def analysed(phantom_study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return analyse_study(phantom_study, out, Config()), out
+
+
+def test_phantom_study_gives_results_close_to_truth(phantom_study, analysed):
+    outcome, out = analysed
+    truth = json.loads((phantom_study / "ground_truth.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert outcome.status == "done", outcome.reason
+    assert results["status"] == "done"
+    assert results["l3"]["status"] in ("found", "uncertain")
+    assert abs(results["l3"]["z_mm"] - truth["l3_inferior_endplate_z_mm"]) < 10
+    for key in ("skeletal_muscle", "vat", "sat"):
+        assert results["tissues"][key]["area_cm2"] == pytest.approx(truth["areas_cm2"][key], rel=0.10), key
+    assert results["smi_cm2_m2"] == pytest.approx(
+        results["tissues"]["skeletal_muscle"]["area_cm2"] / truth["patient"]["height_m"] ** 2, rel=1e-3)
+    assert sorted(results["outputs"]) == ["overlay", "seg", "sr"]
+    assert [p.name for p in outcome.output_files] == ["seg.dcm", "sr.dcm", "overlay.dcm"]
+
+
+def test_outputs_reference_the_analysed_slice(analysed):
+    outcome, out = analysed
+    results = json.loads((out / "results.json").read_text())
+    seg = pydicom.dcmread(out / "seg.dcm")
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    assert referenced == results["l3"]["sop_instance_uid"]
+    sr = pydicom.dcmread(out / "sr.dcm")
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID == results["study_instance_uid"]
+
+
+@pytest.mark.dciodvfy
+@pytest.mark.skipif(not dciodvfy_available(), reason="dciodvfy not installed (apt-get install dicom3tools)")
+def test_outputs_pass_dciodvfy(analysed):
+    _, out = analysed
+    for name in ("seg.dcm", "sr.dcm", "overlay.dcm"):
+        assert run_dciodvfy(out / name) == [], name
+
+
+def test_chest_only_study_is_declined_not_invented(tmp_path):
+    study = main_phantom("normal", 5, tmp_path / "study", matrix=256, slice_thickness_mm=5.0, scan_range="chest_only")
+    outcome = analyse_study(study, tmp_path / "out", Config())
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert outcome.status == "declined"
+    assert results["reason"].startswith("l3_not_in_field_of_view")
+    assert results["l3"]["z_mm"] is None
+    assert "declined_sr" in results["outputs"]
+
+
+@pytest.mark.skipif(not REAL_DICOM.is_dir(), reason="../shared/data/ts_example_ct_dicom not present")
+def test_real_jpeg2000_slices_are_declined_cleanly(tmp_path):
+    """20 real slices (JPEG 2000) are too few and too short for L3: a clear decline, no crash."""
+    assert main(["run", str(REAL_DICOM), "--out", str(tmp_path)]) == 3
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "declined"
+    assert results["reason"].split(":")[0] in {"no_eligible_series", "l3_not_in_field_of_view"}
+    assert results["rejected_series"]
+
+
+def test_folder_without_dicom_is_declined(tmp_path):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "notes.txt").write_text("not DICOM")
+    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
+    assert outcome.status == "declined"
+    assert outcome.reason.startswith("no_images")
+    assert outcome.output_files == []
+
+
+def test_missing_slice_is_rejected_with_reason(phantom_study, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(phantom_study, study)
+    files = sorted(study.rglob("*.dcm"), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    files[len(files) // 2].unlink()
+    outcome = analyse_study(study, tmp_path / "out", Config())
+    assert outcome.status == "declined"
+    assert any(reason.startswith("missing_slices") for reason in outcome.rejected_series.values())
+
+
+def test_corrupt_file_does_not_stop_the_analysis(phantom_study, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(phantom_study, study)
+    (study / "garbage.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10")
+    outcome = analyse_study(study, tmp_path / "out", Config())
+    assert outcome.status == "done"
+    assert "file:garbage.dcm" in outcome.rejected_series
