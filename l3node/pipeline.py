@@ -146,9 +146,11 @@ def choose_series(
     if not selection.selected:
         reasons = "; ".join(f"{uid[-12:]}: {why}" for uid, why in selection.rejected.items())
         raise StudyDeclined("no_eligible_series", reasons or "no series")
-    for uid in selection.selected:
-        log.info("series_candidate", series_uid=uid)
-    return list(selection.selected)
+    # "ranked" holds every eligible series, best first: when the best one's geometry
+    # fails, the next is tried (with ``analyse: all`` every one is analysed).
+    for uid in selection.ranked:
+        log.info("series_candidate", series_uid=uid, why=selection.why_selected.get(uid))
+    return list(selection.ranked)
 
 
 def _analyse_first_usable(
@@ -190,6 +192,7 @@ def _analyse_first_usable(
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[uid] for uid in volume.sop_instance_uids or ()]
         analysed.append(_Analysed(series_uid, ordered, volume, l3))
+        rejected.pop(series_uid, None)  # a fallback series was listed as "not the best"
         if config.selection.analyse == "best":
             break
     if analysed:

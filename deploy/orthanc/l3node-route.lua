@@ -21,5 +21,7 @@ function OnStableSeries(seriesId, tags, metadata)
     return
   end
   print("l3node-route: sending CT series " .. seriesId .. " (" .. #instances .. " instances)")
-  SendToModality(seriesId, "l3node")
+  -- Orthanc 1.10's Lua SendToModality() expects an instance; the REST route sends
+  -- the whole series over one association.
+  RestApiPost("/modalities/l3node/store", seriesId)
 end

@@ -64,6 +64,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_files(paths: list[Path]) -> None:
+    """fsync files written by someone else (the pipeline) and their folders.
+
+    Raises
+    ------
+    OSError
+        If a file is missing or the disk fails.
+    """
+    folders = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(Path(path).parent)
+    for folder in folders:
+        fsync_dir(folder)
+
+
 def write_atomic(target: Path, data: bytes, tmp_dir: Path) -> None:
     """Write ``data`` to ``target`` durably and atomically (temp + fsync + rename).
 
@@ -101,7 +121,8 @@ class Spool:
         self.lock = threading.RLock()
         for name in ("tmp", "incoming", "work", "results", "done", "failed"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        # Leftover temp files are instances never acknowledged: the sender retries them.
+        # Leftover temp files are instances never acknowledged (no success was
+        # answered), so the sending PACS still owns them and will retry.
         for leftover in (self.root / "tmp").glob("*.part"):
             leftover.unlink(missing_ok=True)
 
@@ -133,6 +154,15 @@ class Spool:
         target = self.incoming_dir(study_uid) / series_uid / f"{sop_uid}.dcm"
         write_atomic(target, data, self.root / "tmp")
         return target
+
+    def already_claimed(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
+        """Whether this instance belongs to a round already claimed for analysis
+        (in ``work/``, ``done/`` or ``failed/``; purged rounds are forgotten)."""
+        for state in ("work", "done", "failed"):
+            base = self.root / state / study_uid
+            if base.is_dir() and any((r / series_uid / f"{sop_uid}.dcm").exists() for r in base.iterdir()):
+                return True
+        return False
 
     def incoming_studies(self) -> list[str]:
         """Study UIDs that have a folder in ``incoming/`` holding at least one instance."""
@@ -190,8 +220,3 @@ class Spool:
         if study_work.is_dir() and not any(study_work.iterdir()):
             study_work.rmdir()
         return final
-
-    def fail_unclaimed(self, study_uid: str, round_: int, reason: dict) -> Path:
-        """Finish a study whose instances are still in ``incoming/`` as failed."""
-        self.claim(study_uid, round_)
-        return self.finish(study_uid, round_, True, reason)

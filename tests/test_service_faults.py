@@ -1,0 +1,330 @@
+"""The node as a whole: faults, kill -9 at each stage, restart, exactly-once results.
+
+The node runs as a real subprocess (tests/node_proc.py) with a real SCP; a real
+pynetdicom SCP plays the PACS that receives the results. The analysis is the
+small stand-in from node_helpers (the real pipeline is tested elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from l3node.service import Node
+from tests.node_helpers import Pacs, free_port, make_config, make_series, small_analysis, store, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NodeProcess:
+    """A node in a subprocess, killable with SIGKILL and restartable on the same storage."""
+
+    def __init__(self, tmp_path: Path, pacs_port: int, quiet_s: float = 0.5):
+        self.tmp = tmp_path
+        self.port = free_port()
+        config = make_config(
+            tmp_path / "var",
+            self.port,
+            assembly={"quiet_period_s": quiet_s, "max_wait_s": 60},
+            destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}],
+            sending={"max_attempts": 100, "backoff_initial_s": 0.1, "backoff_max_s": 0.5},
+        )
+        self.config_path = tmp_path / "node.yaml"
+        self.config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        self.markers = tmp_path / "markers"
+        self.markers.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, analyse_s: float = 0.0) -> "NodeProcess":
+        env = {**os.environ, "L3NODE_TEST_MARKERS": str(self.markers), "L3NODE_TEST_ANALYSE_S": str(analyse_s)}
+        self.starts += 1
+        log = open(self.tmp / f"node{self.starts}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "node_proc.py"), str(self.config_path)],
+                                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert wait_for(self._echo, timeout_s=30, step_s=0.1), (self.tmp / f"node{self.starts}.log").read_text()
+        return self
+
+    def _echo(self) -> bool:
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 1
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="L3NODE")
+        if not assoc.is_established:
+            return False
+        assoc.release()
+        return True
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout=30)
+        return self.proc.returncode if self.proc else 0
+
+    def db(self) -> list[dict]:
+        conn = sqlite3.connect(self.tmp / "var" / "audit.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM studies ORDER BY id")]
+        finally:
+            conn.close()
+
+    def idle(self) -> bool:
+        rows = self.db()
+        return bool(rows) and all(r["state"] in ("done", "declined", "failed") for r in rows)
+
+    def finished(self) -> list[list[str]]:
+        path = self.markers / "finished"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    def started(self) -> list[str]:
+        path = self.markers / "started"
+        return path.read_text().split() if path.exists() else []
+
+
+@pytest.fixture
+def pacs():
+    receiver = Pacs(free_port()).start()
+    yield receiver
+    receiver.stop()
+
+
+def _assert_exactly_once(node: NodeProcess, pacs: Pacs, studies: set[str], analyses: int = 1) -> None:
+    """Each study (round) analysed to completion once; PACS holds exactly those analyses' outputs."""
+    rows = node.db()
+    assert {r["study_uid"] for r in rows} == studies and len(rows) == len(studies) * analyses
+    assert all(r["state"] == "done" for r in rows), [(r["state"], r["reason"]) for r in rows]
+    finished = node.finished()
+    assert sorted(line[0] for line in finished) == sorted(list(studies) * analyses)  # one completed analysis per round
+    expected = {uid for line in finished for uid in line[1:]}
+    recorded = {o["sop_instance_uid"] for r in rows for o in json.loads(r["outputs"])}
+    assert recorded == expected
+    assert set(pacs.received) == expected  # nothing from an interrupted analysis, nothing missing
+
+
+@pytest.mark.slow
+def test_kill9_while_receiving(tmp_path, pacs):
+    node = NodeProcess(tmp_path, pacs.port, quiet_s=2.0).start()
+    try:
+        complete = generate_uid()
+        assert store(node.port, make_series(complete, 4)) == [0] * 4
+        partial = generate_uid()
+        series = make_series(partial, 40)
+        statuses: list = []
+        sender = threading.Thread(target=_store_tolerant, args=(node.port, series, statuses))
+        sender.start()
+        incoming = tmp_path / "var" / "incoming" / partial
+        assert wait_for(lambda: len(list(incoming.glob("*/*.dcm"))) >= 10, timeout_s=20, step_s=0.01)
+        node.kill9()
+        sender.join(timeout=30)
+        acknowledged = [ds for ds, st in zip(series, statuses) if st == 0]
+        assert 1 <= len(acknowledged) < 40
+        # Durability: every instance answered with success is on disk after the kill
+        # (one more may be there whose answer the kill cut off: the PACS resends it).
+        on_disk = {p.stem for p in incoming.glob("*/*.dcm")}
+        assert {str(ds.SOPInstanceUID) for ds in acknowledged} <= on_disk
+        assert len(on_disk) <= len(acknowledged) + 1
+        print(f"kill -9 while receiving: {len(acknowledged)} of 40 acknowledged before the kill")
+        node.start()
+        # The PACS resends what was not acknowledged; acknowledged instances survived the kill.
+        unacknowledged = [ds for ds in series if ds not in acknowledged]
+        assert store(node.port, unacknowledged) == [0] * len(unacknowledged)
+        assert wait_for(node.idle, timeout_s=40)
+        by_study = {r["study_uid"]: r for r in node.db()}
+        assert len(node.db()) == 2  # one round per study: the resent instances joined the first 10
+        assert by_study[partial]["instances"] == 40 and by_study[complete]["instances"] == 4
+        _assert_exactly_once(node, pacs, {complete, partial})
+    finally:
+        node.stop()
+
+
+def _store_tolerant(port: int, datasets, statuses: list) -> None:
+    """store() that appends each status (None once the association died)."""
+    ae = AE(ae_title="PACS")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 2
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="L3NODE")
+    for ds in datasets:
+        if not assoc.is_established:
+            statuses.append(None)
+            continue
+        try:
+            status = assoc.send_c_store(ds)
+        except Exception:  # noqa: BLE001 - the peer vanished mid-send
+            status = None
+        statuses.append(int(status.Status) if status and "Status" in status else None)
+    if assoc.is_established:
+        assoc.release()
+
+
+@pytest.mark.slow
+def test_kill9_while_analysing(tmp_path, pacs):
+    node = NodeProcess(tmp_path, pacs.port, quiet_s=0.3).start(analyse_s=30)
+    try:
+        study = generate_uid()
+        assert store(node.port, make_series(study, 3)) == [0] * 3
+        assert wait_for(lambda: node.started() == [study], timeout_s=20)
+        # Late instances of the same study arrive during the analysis: they open round 1.
+        assert store(node.port, make_series(study, 2)) == [0, 0]
+        node.kill9()
+        assert [r["state"] for r in node.db()] == ["analysing", "receiving"] and pacs.received == {}
+        node.start(analyse_s=0)
+        assert wait_for(node.idle, timeout_s=30)
+        assert node.started() == [study, study, study]  # round 0 interrupted and redone, round 1
+        rounds = node.db()
+        assert [(r["round"], r["instances"], r["analysis_attempts"]) for r in rounds] == [(0, 3, 2), (1, 2, 1)]
+        _assert_exactly_once(node, pacs, {study}, analyses=2)
+        assert all(count == 1 for count in pacs.received.values())
+    finally:
+        node.stop()
+
+
+@pytest.mark.slow
+def test_kill9_while_sending(tmp_path):
+    slow_pacs = Pacs(free_port(), delay_s=1.0).start()
+    node = NodeProcess(tmp_path, slow_pacs.port, quiet_s=0.3).start()
+    try:
+        study = generate_uid()
+        assert store(node.port, make_series(study, 3)) == [0] * 3
+        # Kill while the PACS holds its answer to the first C-STORE.
+        assert wait_for(lambda: slow_pacs.stores_begun >= 1, timeout_s=20, step_s=0.01)
+        node.kill9()
+        assert node.db()[0]["state"] == "analysed"
+        slow_pacs.delay_s = 0.0
+        node.start()
+        assert wait_for(node.idle, timeout_s=30)
+        assert wait_for(lambda: slow_pacs.stores_done == slow_pacs.stores_begun)  # the held answer too
+        _assert_exactly_once(node, slow_pacs, {study})
+        # DIMSE cannot be exactly-once on the wire: an object whose answer the kill cut
+        # off is resent with the SAME SOP instance UID (the PACS overwrites it).
+        print(f"kill -9 while sending: PACS got {sum(slow_pacs.received.values())} C-STOREs for {len(slow_pacs.received)} UIDs")
+        assert sum(slow_pacs.received.values()) <= len(slow_pacs.received) + 1
+    finally:
+        node.stop()
+        slow_pacs.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_pending_work_resumes(tmp_path, pacs):
+    node = NodeProcess(tmp_path, free_port(), quiet_s=0.3).start()  # destination down
+    study = generate_uid()
+    assert store(node.port, make_series(study, 2)) == [0, 0]
+    assert wait_for(lambda: bool(node.db()) and node.db()[0]["state"] == "analysed", timeout_s=20)
+    assert node.stop() == 0
+    node_up = NodeProcess(tmp_path, pacs.port, quiet_s=0.3)  # same storage, destination now reachable
+    node_up.start()
+    try:
+        assert wait_for(node_up.idle, timeout_s=30)
+        _assert_exactly_once(node_up, pacs, {study})
+    finally:
+        node_up.stop()
+
+
+# -- in-process faults -----------------------------------------------------------------------
+def _node(tmp_path, analyse, dest_port: int) -> Node:
+    config = make_config(
+        tmp_path / "var", free_port(),
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": dest_port}],
+    )
+    node = Node(config, analyse=analyse, poll_s=0.05)
+    node.start()
+    return node
+
+
+def test_analysis_error_fails_study_with_reason_and_node_keeps_serving(tmp_path, pacs):
+    bad_study = generate_uid()
+
+    def analyse(study_dir, out_dir, config):
+        if study_dir.parent.name == bad_study:
+            raise RuntimeError("boom in segmentation")
+        return small_analysis(study_dir, out_dir, config)
+
+    node = _node(tmp_path, analyse, pacs.port)
+    try:
+        store(node.receiver.port, make_series(bad_study, 2))
+        good_study = generate_uid()
+        store(node.receiver.port, make_series(good_study, 2))
+        assert node.wait_idle(20)
+        states = {r["study_uid"]: (r["state"], r["reason"]) for r in node.audit.studies()}
+        assert states[bad_study] == ("failed", "analysis_error: RuntimeError: boom in segmentation")
+        assert states[good_study] == ("done", "delivered")
+        reason = json.loads((node.spool.final_dir(bad_study, 0, failed=True) / "reason.json").read_text())
+        assert reason["reason"].startswith("analysis_error")
+        assert len(list(node.spool.final_dir(bad_study, 0, failed=True).glob("*/*.dcm"))) == 2  # inputs kept
+        assert len(pacs.received) == 2
+    finally:
+        node.stop()
+
+
+def test_late_instances_open_a_second_round(tmp_path, pacs):
+    node = _node(tmp_path, small_analysis, pacs.port)
+    try:
+        study = generate_uid()
+        first = make_series(study, 2)
+        store(node.receiver.port, first)
+        assert node.wait_idle(20)
+        assert store(node.receiver.port, first) == [0, 0]  # resent as-is: acknowledged, dropped
+        store(node.receiver.port, make_series(study, 3))  # a late series of the same study
+        assert node.wait_idle(20)
+        rounds = node.audit.studies(study)
+        assert [(r["round"], r["state"], r["instances"]) for r in rounds] == [(0, "done", 2), (1, "done", 3)]
+        assert len(pacs.received) == 4
+    finally:
+        node.stop()
+
+
+def test_declined_outcome_and_no_destinations(tmp_path):
+    from tests.node_helpers import StudyOutcome
+
+    def decline(study_dir, out_dir, config):
+        return StudyOutcome(status="declined", reason="no_eligible_series: all series rejected",
+                            rejected_series={"1.2.3": "localizer: ImageType contains LOCALIZER"})
+
+    config = make_config(tmp_path / "var", free_port())
+    node = Node(config, analyse=decline, poll_s=0.05)
+    node.start()
+    try:
+        study = generate_uid()
+        store(node.receiver.port, make_series(study, 2))
+        assert node.wait_idle(20)
+        (record,) = node.audit.studies(study)
+        assert record["state"] == "declined" and record["reason"].startswith("no_eligible_series")
+        assert record["rejected_series"] == {"1.2.3": "localizer: ImageType contains LOCALIZER"}
+        assert (node.spool.final_dir(study, 0, failed=False) / "reason.json").is_file()
+        assert node.audit.status_summary()["declined"] == 1
+    finally:
+        node.stop()
+
+
+def test_done_studies_purged_after_retention(tmp_path, pacs):
+    node = _node(tmp_path, small_analysis, pacs.port)
+    try:
+        study = generate_uid()
+        store(node.receiver.port, make_series(study, 2))
+        assert node.wait_idle(20)
+        final = node.spool.final_dir(study, 0, failed=False)
+        results = node.spool.results_dir(study, 0)
+        assert final.is_dir() and results.is_dir()
+        assert node.purge_done() == 0  # within the 7 days kept by default
+        assert node.purge_done(now=time.time() + 8 * 86400) == 2
+        assert not final.exists() and not results.exists()
+        assert node.audit.studies(study)[0]["state"] == "done"  # the record stays
+    finally:
+        node.stop()
