@@ -148,7 +148,7 @@ def demo_config(root: Path, node_port: int, pacs: LocalPacs) -> Config:
     })
 
 
-def run_demo(out: Path, variant: str = "normal", seed: int = 1, timeout_s: float = 300.0) -> int:
+def run_demo(out: Path, variant: str = "normal", seed: int = 1, timeout_s: float = 300.0, matrix: int = 512) -> int:
     """Run the demo; returns 0 when results came back, 1 otherwise."""
     from l3node.logs import configure
     from l3node.phantom import main_phantom
@@ -156,8 +156,9 @@ def run_demo(out: Path, variant: str = "normal", seed: int = 1, timeout_s: float
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    configure(json=False, level="WARNING")
     print(f"1. writing a synthetic CT study (variant {variant}, seed {seed}) ...")
-    study = main_phantom(variant, seed, out / "study", matrix=512, slice_thickness_mm=3.0,
+    study = main_phantom(variant, seed, out / "study", matrix=matrix, slice_thickness_mm=3.0,
                          scan_range="abdomen_pelvis")
     series_dir = _series_folder(study)
     truth = json.loads((study / "ground_truth.json").read_text())
@@ -165,7 +166,6 @@ def run_demo(out: Path, variant: str = "normal", seed: int = 1, timeout_s: float
 
     pacs = LocalPacs(out / "pacs").start()
     config = demo_config(out / "var", free_port(), pacs)
-    configure(json=False, level="WARNING")
     node = Node(config)
     node.start()
     try:
@@ -184,6 +184,7 @@ def run_demo(out: Path, variant: str = "normal", seed: int = 1, timeout_s: float
     print(f"4. {len(results)} objects came back in {elapsed:.1f} s (quiet period 1 s included):")
     for ds in results:
         print(f"   - {ds.SOPClassUID.name:45s} series {ds.SeriesNumber}: {ds.SeriesDescription}")
+    _print_l3(out / "var", truth)
     _print_table(results, truth)
     sc = next((ds for ds in results if ds.SOPClassUID in SC_SOP_CLASSES), None)
     if sc is not None:
@@ -216,13 +217,25 @@ def _is_declined(ds: pydicom.Dataset) -> bool:
     return str(ds.SOPClassUID) in SR_SOP_CLASSES and "declined" in str(getattr(ds, "SeriesDescription", "")).lower()
 
 
+def _print_l3(storage_root: Path, truth: dict) -> None:
+    """The node's L3 finding (from its results.json) next to the phantom's truth."""
+    found = sorted(storage_root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return
+    l3 = json.loads(found[-1].read_text())["l3"]
+    print()
+    print(f"   L3 inferior endplate: found z = {l3['z_mm']} mm ({l3['status']}, confidence {l3['confidence']}, "
+          f"variant {l3['variant']}); truth z = {truth.get('l3_inferior_endplate_z_mm')} mm "
+          f"(variant {truth.get('variant')})")
+    print(f"   how: {l3['method']}")
+
+
 def _print_table(results: list[pydicom.Dataset], truth: dict) -> None:
     sr = next((ds for ds in results if ds.SOPClassUID in SR_SOP_CLASSES), None)
     if sr is None:
         return
     numbers = sr_numbers(sr)
     print()
-    print(f"   L3 inferior endplate: truth z = {truth.get('l3_inferior_endplate_z_mm')} mm")
     print(f"   {'tissue':38s} {'area cm2':>9s} {'truth cm2':>10s} {'mean HU':>8s}")
     truth_areas = truth.get("areas_cm2", {})
     keys = {"skeletal muscle": "skeletal_muscle", "intermuscular": "imat", "visceral": "vat", "subcutaneous": "sat"}
