@@ -1,6 +1,6 @@
 """Time one 512x512x300 study through the node on loopback, per stage, and its peak memory.
 
-    python bench/bench_node.py [--slices 300] [--matrix 512] [--quiet-s 1]
+    python bench/bench_node.py [--spacing-mm 1.44] [--matrix 512] [--quiet-s 1]
 
 The node runs as its own process (`l3node serve`), as in production, so that its
 peak resident memory (VmHWM) is the node's alone. Reported:
@@ -38,7 +38,8 @@ def _peak_rss_mb(pid: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--spacing-mm", type=float, default=1.44,
+                        help="slice spacing; 1.44 mm over an abdomen-pelvis range gives about 300 slices")
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--quiet-s", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=3)
@@ -46,9 +47,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="l3node-bench-"))
     t0 = time.perf_counter()
-    # 300 slices of 1.5 mm cover 450 mm: chest-abdomen-pelvis minus the apices.
     study = main_phantom("normal", args.seed, work / "study", matrix=args.matrix, slice_thickness_mm=1.5,
-                         scan_range="chest_abdomen_pelvis", max_slices=args.slices)
+                         spacing_mm=args.spacing_mm, scan_range="abdomen_pelvis")
     phantom_s = time.perf_counter() - t0
     files = sorted(study.rglob("*.dcm"))
     pacs = LocalPacs(work / "pacs").start()

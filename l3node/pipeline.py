@@ -31,7 +31,7 @@ from l3node.analysis.locate_l3 import L3Location, L3Status, locate_l3
 from l3node.analysis.measure import Measurements, measure, patient_facts_from_dataset
 from l3node.analysis.segment import segment_at_l3
 from l3node.analysis.tissues import Tissue
-from l3node.analysis.volume import Volume, volume_from_datasets
+from l3node.analysis.volume import Volume, volume_from_files
 from l3node.config import Config
 from l3node.errors import SeriesRejected, StudyDeclined
 from l3node.logs import get_logger
@@ -59,7 +59,7 @@ class StudyOutcome:
 @dataclass
 class _Analysed:
     series_uid: str
-    datasets: list[pydicom.Dataset]
+    datasets: list[pydicom.Dataset]  # headers (no pixel data), datasets[k] is volume slice k
     volume: Volume
     l3: L3Location
 
@@ -170,8 +170,8 @@ def _analyse_first_usable(
     for series_uid in candidates:
         try:
             with watch.stage("load_volume"):
-                datasets = [pydicom.dcmread(path) for path, _ in headers[series_uid]]
-                volume = volume_from_datasets(datasets)
+                paths = [path for path, _ in headers[series_uid]]
+                volume, ordered = volume_from_files(paths, [ds for _, ds in headers[series_uid]])
         except SeriesRejected as exc:
             rejected[series_uid] = f"{exc.code}: {exc.detail}"
             log.info("series_rejected", series_uid=series_uid, reason=exc.code)
@@ -188,9 +188,6 @@ def _analyse_first_usable(
             rejected[series_uid] = "l3_not_in_field_of_view: " + (l3.method or "")
             not_in_view.append(StudyDeclined("l3_not_in_field_of_view", l3.method or "L3 is outside the scan"))
             continue
-        # Keep only the datasets' order that matches the volume's slices.
-        by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
-        ordered = [by_uid[uid] for uid in volume.sop_instance_uids or ()]
         analysed.append(_Analysed(series_uid, ordered, volume, l3))
         rejected.pop(series_uid, None)  # a fallback series was listed as "not the best"
         if config.selection.analyse == "best":

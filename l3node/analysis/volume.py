@@ -15,6 +15,8 @@ else in the package re-invents it.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -124,40 +126,56 @@ def read_label_nifti(path: str | Path) -> np.ndarray:
     return from_sitk(sitk.ReadImage(str(path)), hu=False).hu
 
 
-def volume_from_datasets(datasets: Sequence[pydicom.Dataset], *, max_gap_ratio: float = 1.5) -> Volume:
-    """Stack single-frame axial CT datasets into a :class:`Volume`.
+@dataclass(frozen=True)
+class SliceGeometry:
+    """How a set of axial slices stacks into a :class:`Volume` (from headers only)."""
+
+    order: tuple[int, ...]  # input index of each volume slice k (ascending patient z)
+    flip_rows: bool
+    flip_cols: bool
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+
+def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float = 1.5) -> SliceGeometry:
+    """Check that single-frame CT headers form one regular axial volume, and how.
 
     Geometry is checked, not assumed: one orientation, axial within 1 degree, same
-    matrix and pixel spacing, no duplicate positions, regular spacing. The
-    caller (series assembly) has already removed non-image objects.
+    matrix and pixel spacing, no duplicate positions, no missing slices, regular
+    spacing, no tilted gantry. Pixel data is not needed.
 
     Raises
     ------
     SeriesRejected
-        With a specific reason when the slices do not form one regular axial volume.
+        With a specific reason code (``mixed_orientation``, ``not_axial``,
+        ``missing_slices``, ...) when the slices do not form one regular volume.
     """
-    if len(datasets) < 2:
-        raise SeriesRejected("too_few_slices", f"{len(datasets)} image(s); a volume needs at least 2")
-    iops = {tuple(round(float(v), 4) for v in ds.ImageOrientationPatient) for ds in datasets}
+    if len(headers) < 2:
+        raise SeriesRejected("too_few_slices", f"{len(headers)} image(s); a volume needs at least 2")
+    try:
+        iops = {tuple(round(float(v), 4) for v in ds.ImageOrientationPatient) for ds in headers}
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
+        shapes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
+        spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in headers}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SeriesRejected("missing_geometry", f"image plane attributes missing or invalid: {exc}") from None
     if len(iops) > 1:
         raise SeriesRejected("mixed_orientation", f"{len(iops)} different ImageOrientationPatient values")
-    row_cos = np.array(datasets[0].ImageOrientationPatient[:3], float)
-    col_cos = np.array(datasets[0].ImageOrientationPatient[3:], float)
+    row_cos = np.array(next(iter(iops))[:3], float)
+    col_cos = np.array(next(iter(iops))[3:], float)
     normal = np.cross(row_cos, col_cos)
     if abs(normal[2]) < np.cos(np.deg2rad(1.0)):
-        raise SeriesRejected("not_axial", f"slice normal {np.round(normal, 3).tolist()} is not axial")
+        raise SeriesRejected("not_axial", f"slice normal {np.round(normal, 3).tolist()} is not axial "
+                             "(a tilted gantry or a reformatted plane); not resampled")
     if abs(abs(row_cos[0]) - 1) > 1e-3 or abs(abs(col_cos[1]) - 1) > 1e-3:
         raise SeriesRejected("rotated_in_plane", "image rows/columns are not aligned with patient x/y")
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
-    spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in datasets}
     if len(shapes) > 1 or len(spacings) > 1:
         raise SeriesRejected("mixed_matrix", "slices differ in matrix size or pixel spacing")
 
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
     along = positions @ normal
     order = np.argsort(along)
-    along = along[order]
-    steps = np.diff(along)
+    steps = np.diff(along[order])
     if np.any(steps < 1e-3):
         raise SeriesRejected("duplicate_slices", "two or more slices share a position")
     step = float(np.median(steps))
@@ -168,42 +186,99 @@ def volume_from_datasets(datasets: Sequence[pydicom.Dataset], *, max_gap_ratio: 
         )
     if np.any(np.abs(steps - step) > 0.1 * step):
         raise SeriesRejected("irregular_spacing", f"slice spacing varies {steps.min():.2f}..{steps.max():.2f} mm")
-    # Gantry tilt shows as in-plane drift of ImagePositionPatient along the stack.
+    # Gantry tilt can also show as in-plane drift of ImagePositionPatient along the stack.
     drift = positions[order][-1, :2] - positions[order][0, :2]
-    if np.hypot(*drift) > 0.01 * abs(along[-1] - along[0]) + 0.5:
+    if np.hypot(*drift) > 0.01 * abs(along[order][-1] - along[order][0]) + 0.5:
         raise SeriesRejected("gantry_tilt", "slice origins drift in-plane (tilted gantry); not resampled")
 
-    slices = []
-    for i in order:
-        ds = datasets[i]
-        pixels = ds.pixel_array.astype(np.float32)
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        slices.append(pixels * slope + intercept)
-    hu = np.stack(slices)
-    # Bring rows/cols to LPS (+y down the rows, +x along the columns).
-    if col_cos[1] < 0:
-        hu = hu[:, ::-1, :]
-    if row_cos[0] < 0:
-        hu = hu[:, :, ::-1]
-    ordered = [datasets[i] for i in order]
     if normal[2] < 0:
         # Sorting along a normal that points inferior gives descending z: flip to ascending.
-        hu = hu[::-1]
-        ordered = ordered[::-1]
-    dy, dx = (float(v) for v in datasets[0].PixelSpacing)  # PixelSpacing = (row spacing, column spacing)
-    z_values = [float(ds.ImagePositionPatient[2]) for ds in ordered]
-    first = np.array([float(v) for v in ordered[0].ImagePositionPatient])
-    nrow, ncol = hu.shape[1:]
-    x0 = first[0] if row_cos[0] > 0 else first[0] - (ncol - 1) * dx
-    y0 = first[1] if col_cos[1] > 0 else first[1] - (nrow - 1) * dy
-    return Volume(
-        hu=np.ascontiguousarray(hu, dtype=np.float32),
-        spacing_mm=(abs(z_values[1] - z_values[0]) if len(z_values) > 1 else step, dy, dx),
-        origin_mm=(float(x0), float(y0), float(z_values[0])),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered),
-        extra={"flip_rows": bool(col_cos[1] < 0), "flip_cols": bool(row_cos[0] < 0)},
+        order = order[::-1]
+    nrow, ncol = next(iter(shapes))
+    dy, dx = next(iter(spacings))  # PixelSpacing = (row spacing, column spacing)
+    first = positions[order[0]]
+    flip_rows, flip_cols = bool(col_cos[1] < 0), bool(row_cos[0] < 0)
+    x0 = first[0] - (ncol - 1) * dx if flip_cols else first[0]
+    y0 = first[1] - (nrow - 1) * dy if flip_rows else first[1]
+    return SliceGeometry(
+        order=tuple(int(i) for i in order),
+        flip_rows=flip_rows,
+        flip_cols=flip_cols,
+        spacing_mm=(abs(float(positions[order[1], 2] - first[2])), float(dy), float(dx)),
+        origin_mm=(float(x0), float(y0), float(first[2])),
+        shape=(len(headers), int(nrow), int(ncol)),
     )
+
+
+def _hu_plane(ds: pydicom.Dataset) -> np.ndarray:
+    pixels = ds.pixel_array
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _assemble(geometry: SliceGeometry, read_plane, uids: Sequence[str], threads: int = 1) -> Volume:
+    """Fill a preallocated float32 volume plane by plane (never two copies of the stack)."""
+    hu = np.empty(geometry.shape, dtype=np.float32)
+
+    def fill(k: int) -> None:
+        plane = read_plane(geometry.order[k])
+        if geometry.flip_rows:
+            plane = plane[::-1, :]
+        if geometry.flip_cols:
+            plane = plane[:, ::-1]
+        hu[k] = plane
+
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fill, range(geometry.shape[0])))
+    else:
+        for k in range(geometry.shape[0]):
+            fill(k)
+    return Volume(
+        hu=hu,
+        spacing_mm=geometry.spacing_mm,
+        origin_mm=geometry.origin_mm,
+        sop_instance_uids=tuple(str(uids[i]) for i in geometry.order),
+        extra={"flip_rows": geometry.flip_rows, "flip_cols": geometry.flip_cols},
+    )
+
+
+def volume_from_datasets(datasets: Sequence[pydicom.Dataset], *, max_gap_ratio: float = 1.5) -> Volume:
+    """Stack single-frame axial CT datasets (with pixel data) into a :class:`Volume`.
+
+    Raises
+    ------
+    SeriesRejected
+        See :func:`check_geometry`.
+    """
+    geometry = check_geometry(datasets, max_gap_ratio=max_gap_ratio)
+    return _assemble(geometry, lambda i: _hu_plane(datasets[i]), [ds.SOPInstanceUID for ds in datasets])
+
+
+def volume_from_files(
+    paths: Sequence[Path], headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float = 1.5
+) -> tuple[Volume, list[pydicom.Dataset]]:
+    """Read one series from files: geometry from ``headers``, pixels decoded file by file.
+
+    Only one decoded slice per thread is in memory besides the volume, which keeps
+    a 512x512x300 study well under the node's memory budget.
+
+    Returns
+    -------
+    volume, headers
+        The volume and the headers in volume slice order (``headers[k]`` is slice ``k``).
+
+    Raises
+    ------
+    SeriesRejected
+        See :func:`check_geometry`.
+    """
+    geometry = check_geometry(headers, max_gap_ratio=max_gap_ratio)
+    threads = min(4, os.cpu_count() or 1)
+    volume = _assemble(geometry, lambda i: _hu_plane(pydicom.dcmread(paths[i])),
+                       [ds.SOPInstanceUID for ds in headers], threads=threads)
+    return volume, [headers[i] for i in geometry.order]
 
 
 def read_dicom_folder(folder: str | Path) -> Volume:
