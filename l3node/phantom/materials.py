@@ -1,0 +1,152 @@
+"""Structure codes painted by the phantom, their tissue label and their Hounsfield units.
+
+The generator paints a uint8 *structure map* (codes below). Everything else derives from it
+through look-up tables: the tissue labels of the paper (:class:`~l3node.analysis.tissues.Tissue`)
+and the noiseless HU (mean + texture, clipped to the tissue's standard HU window for the four
+measured tissues so that thresholding inside the right compartment reproduces the labels).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from l3node.analysis.tissues import Tissue
+
+MUSCLE_HU_RANGE = (-29.0, 150.0)
+FAT_HU_RANGE = (-190.0, -30.0)
+
+
+class Structure(IntEnum):
+    """Codes of the structure map (``Phantom.structure_labels``)."""
+
+    AIR = 0
+    MUSCLE = 1  # skeletal muscle of the torso (tissue SKELETAL_MUSCLE)
+    IMAT = 2  # fat inside muscle fascia
+    VAT = 3  # fat inside the abdominal wall
+    SAT = 4  # fat between skin and muscle fascia
+    SKIN = 10
+    TABLE_SHELL = 11
+    TABLE_FOAM = 12
+    CORTICAL = 13
+    CANCELLOUS = 14
+    DISC = 15
+    CANAL = 16  # thecal sac / CSF
+    EPIDURAL_FAT = 17  # fat around the spine, not VAT
+    LIVER = 18
+    SPLEEN = 19
+    KIDNEY_CORTEX = 20
+    KIDNEY_MEDULLA = 21
+    AORTA = 22
+    IVC = 23
+    BOWEL_WALL = 24
+    BOWEL_FLUID = 25
+    BOWEL_GAS = 26
+    FECES = 27
+    BLADDER = 28
+    LUNG = 29
+    HEART = 30
+    ARM_MUSCLE = 31  # arm muscle: excluded from L3 tissues, as in the paper
+    ARM_FAT = 32
+    METAL = 33
+    STOMACH_WALL = 34
+    CARTILAGE = 35
+    THORACIC_FAT = 36  # mediastinal / pericardial fat above the diaphragm, not VAT
+    PANCREAS = 37
+    MARROW = 38  # fatty marrow of long bones
+    THIN_CORTEX = 39  # endplates and thin bone plates, partial-volumed cortex
+
+
+STRUCTURE_NAMES: dict[int, str] = {int(s): s.name.lower() for s in Structure}
+
+_TISSUE_OF = np.zeros(256, np.uint8)
+for _s, _t in ((Structure.MUSCLE, Tissue.SKELETAL_MUSCLE), (Structure.IMAT, Tissue.IMAT),
+               (Structure.VAT, Tissue.VAT), (Structure.SAT, Tissue.SAT)):
+    _TISSUE_OF[int(_s)] = int(_t)
+TISSUE_OF_STRUCTURE: np.ndarray = _TISSUE_OF
+"""uint8 LUT structure code -> Tissue value (0 for everything not measured at L3)."""
+
+_BASE_HU: dict[Structure, tuple[float, float]] = {
+    # (mean HU, texture amplitude HU)
+    Structure.AIR: (-1000.0, 2.0),
+    Structure.MUSCLE: (45.0, 8.0),
+    Structure.IMAT: (-70.0, 12.0),
+    Structure.VAT: (-92.0, 13.0),
+    Structure.SAT: (-100.0, 12.0),
+    Structure.SKIN: (35.0, 10.0),
+    Structure.TABLE_SHELL: (70.0, 20.0),
+    Structure.TABLE_FOAM: (-930.0, 15.0),
+    Structure.CORTICAL: (560.0, 90.0),
+    Structure.CANCELLOUS: (230.0, 32.0),
+    Structure.DISC: (85.0, 10.0),
+    Structure.CANAL: (12.0, 5.0),
+    Structure.EPIDURAL_FAT: (-90.0, 12.0),
+    Structure.LIVER: (58.0, 6.0),
+    Structure.SPLEEN: (48.0, 5.0),
+    Structure.KIDNEY_CORTEX: (32.0, 5.0),
+    Structure.KIDNEY_MEDULLA: (30.0, 5.0),
+    Structure.AORTA: (42.0, 3.0),
+    Structure.IVC: (40.0, 3.0),
+    Structure.BOWEL_WALL: (40.0, 8.0),
+    Structure.BOWEL_FLUID: (15.0, 8.0),
+    Structure.BOWEL_GAS: (-950.0, 30.0),
+    Structure.FECES: (-150.0, 180.0),
+    Structure.BLADDER: (8.0, 4.0),
+    Structure.LUNG: (-860.0, 40.0),
+    Structure.HEART: (42.0, 5.0),
+    Structure.ARM_MUSCLE: (48.0, 7.0),
+    Structure.ARM_FAT: (-105.0, 9.0),
+    Structure.METAL: (3000.0, 50.0),
+    Structure.STOMACH_WALL: (42.0, 6.0),
+    Structure.CARTILAGE: (160.0, 40.0),
+    Structure.THORACIC_FAT: (-95.0, 10.0),
+    Structure.PANCREAS: (40.0, 8.0),
+    Structure.MARROW: (-40.0, 25.0),
+    Structure.THIN_CORTEX: (280.0, 50.0),
+}
+
+_CONTRAST: dict[str, dict[Structure, float]] = {
+    "noncontrast": {},
+    "arterial": {Structure.AORTA: 320.0, Structure.IVC: 60.0, Structure.KIDNEY_CORTEX: 190.0,
+                 Structure.KIDNEY_MEDULLA: 70.0, Structure.SPLEEN: 110.0, Structure.LIVER: 75.0,
+                 Structure.HEART: 250.0, Structure.PANCREAS: 110.0},
+    "portal": {Structure.AORTA: 170.0, Structure.IVC: 150.0, Structure.KIDNEY_CORTEX: 170.0,
+               Structure.KIDNEY_MEDULLA: 150.0, Structure.SPLEEN: 115.0, Structure.LIVER: 110.0,
+               Structure.HEART: 150.0, Structure.PANCREAS: 95.0},
+}
+
+
+def hu_tables(*, age_years: float, muscle_fat_infiltration: float, phase: str,
+              oral_contrast: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Look-up tables (mean, texture amplitude, low clip, high clip), each float32[256].
+
+    Muscle HU falls with age and fatty infiltration (myosteatosis); cancellous bone HU falls
+    with age (osteoporosis).
+
+    Raises
+    ------
+    ValueError
+        If ``phase`` is unknown.
+    """
+    if phase not in _CONTRAST:
+        raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(_CONTRAST)}")
+    mean = np.zeros(256, np.float32)
+    amp = np.zeros(256, np.float32)
+    lo = np.full(256, -1024.0, np.float32)
+    hi = np.full(256, 3071.0, np.float32)
+    for structure, (mu, a) in _BASE_HU.items():
+        mean[int(structure)], amp[int(structure)] = mu, a
+    for structure, mu in _CONTRAST[phase].items():
+        mean[int(structure)] = mu
+    muscle = 50.0 - 0.25 * max(age_years - 30.0, 0.0) - 22.0 * muscle_fat_infiltration
+    mean[int(Structure.MUSCLE)] = mean[int(Structure.ARM_MUSCLE)] = muscle
+    mean[int(Structure.CANCELLOUS)] = max(235.0 - 2.3 * max(age_years - 30.0, 0.0), 75.0)
+    if oral_contrast:
+        mean[int(Structure.BOWEL_FLUID)] = 280.0
+        amp[int(Structure.BOWEL_FLUID)] = 40.0
+    for structure in (Structure.MUSCLE,):
+        lo[int(structure)], hi[int(structure)] = MUSCLE_HU_RANGE[0] + 5, MUSCLE_HU_RANGE[1] - 5
+    for structure in (Structure.IMAT, Structure.VAT, Structure.SAT):
+        lo[int(structure)], hi[int(structure)] = FAT_HU_RANGE[0] + 5, FAT_HU_RANGE[1] - 5
+    return mean, amp, lo, hi

@@ -1,0 +1,216 @@
+"""Synthetic CT phantoms: ground-truth self-consistency, variants, DICOM validity, determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from l3node.analysis.locate_l3 import Variant
+from l3node.analysis.tissues import Tissue
+from l3node.analysis.volume import read_dicom_folder
+from l3node.errors import SeriesRejected
+from l3node.phantom import VARIANT_CLASS, VARIANTS, main_phantom, make_phantom, write_dicom_series
+from l3node.phantom.materials import FAT_HU_RANGE, MUSCLE_HU_RANGE, Structure, hu_tables
+
+SMALL = dict(matrix=128, slice_thickness_mm=5.0, scan_range="abdomen_pelvis")
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> dict[str, object]:
+    return {variant: make_phantom(variant, seed=11, **SMALL) for variant in VARIANTS}
+
+
+def test_variant_names_and_classes():
+    assert VARIANTS == ("normal", "t12_rib_hypoplasia", "t12_rib_aplasia", "l1_rib", "sacralization",
+                        "lumbarization", "four_lumbar", "six_lumbar", "combined")
+    assert {VARIANT_CLASS[v] for v in VARIANTS} == {Variant.NORMAL, Variant.THORACOLUMBAR, Variant.LUMBOSACRAL,
+                                                     Variant.NUMERIC, Variant.COMBINED}
+    with pytest.raises(ValueError, match="unknown variant"):
+        make_phantom("seven_lumbar", seed=0, **SMALL)
+    with pytest.raises(ValueError, match="unknown phantom option"):
+        make_phantom("normal", seed=0, colour="blue", **SMALL)
+
+
+def test_areas_equal_label_counts(phantoms):
+    for variant, p in phantoms.items():
+        truth = p.ground_truth
+        k = truth["l3_slice_index"]
+        assert k is not None, variant
+        pixel_cm2 = p.volume.pixel_area_mm2 / 100.0
+        for tissue in Tissue:
+            mask = p.tissue_labels[k] == int(tissue)
+            assert truth["areas_cm2"][tissue.key] == pytest.approx(mask.sum() * pixel_cm2, abs=1e-3)
+            assert truth["mean_hu"][tissue.key] == pytest.approx(float(p.volume.hu[k][mask].mean()), abs=0.01)
+        assert truth["areas_cm2"]["skeletal_muscle"] > 40.0
+        assert truth["areas_cm2"]["sat"] > 5.0
+
+
+def test_l3_z_is_inferior_endplate_of_labelled_l3(phantoms):
+    for variant, p in phantoms.items():
+        truth = p.ground_truth
+        label = {name: lab for lab, name in p.vertebra_names.items()}["L3"]
+        entry = truth["vertebrae"]["L3"]
+        assert entry["label"] == label
+        z = p.volume.z_mm
+        dz = p.volume.spacing_mm[0]
+        # Slices where L3's body (bone at the body centre, not its posterior elements) is labelled.
+        x_mm, y_mm = entry["body_centre_xy_mm"]
+        row = int(round((y_mm - p.volume.origin_mm[1]) / p.volume.spacing_mm[1]))
+        col = int(round((x_mm - p.volume.origin_mm[0]) / p.volume.spacing_mm[2]))
+        column = p.vertebra_labels[:, row - 1:row + 2, col - 1:col + 2] == label
+        body_slices = np.nonzero(column.any(axis=(1, 2)))[0]
+        assert len(body_slices) >= 3, variant
+        endplate = truth["l3_inferior_endplate_z_mm"]
+        assert endplate == entry["z_inferior_mm"]
+        assert endplate - 1e-6 <= z[body_slices.min()] < endplate + dz + 1e-6, variant
+        assert entry["z_superior_mm"] - dz - 1e-6 < z[body_slices.max()] <= entry["z_superior_mm"] + 1e-6
+        assert truth["l3_slice_index"] == int(np.argmin(np.abs(z - endplate)))
+        # Body-only extent from vertebra labels x body/disc map gives the same endplate.
+        body = ((p.vertebra_labels == label) & (p.body_disc_labels == 1)).any(axis=(1, 2))
+        ks = np.nonzero(body)[0]
+        assert endplate - 1e-6 <= z[ks.min()] < endplate + dz + 1e-6, variant
+
+
+def test_variant_counts_and_ribs(phantoms):
+    expected_lumbar = {"normal": 5, "t12_rib_hypoplasia": 5, "t12_rib_aplasia": 5, "l1_rib": 5,
+                       "sacralization": 5, "lumbarization": 5, "four_lumbar": 4, "six_lumbar": 6}
+    for variant, count in expected_lumbar.items():
+        truth = phantoms[variant].ground_truth
+        assert truth["lumbar_count"] == count, variant
+        assert truth["variant_class"] == VARIANT_CLASS[variant].value
+        names = list(phantoms[variant].vertebra_names.values())
+        assert names[:12] == [f"T{i}" for i in range(1, 13)]
+        assert names[-1] == "sacrum"
+        assert sum(n.startswith("L") for n in names) == count
+    t12 = {v: phantoms[v].ground_truth["twelfth_rib_length_mm"] for v in VARIANTS}
+    assert t12["normal"] >= 38.0
+    assert 0 < t12["t12_rib_hypoplasia"] < 38.0
+    assert t12["t12_rib_aplasia"] == 0.0
+    assert phantoms["t12_rib_aplasia"].ground_truth["rib_pairs"] == 11
+    l1 = phantoms["l1_rib"].ground_truth["rib_lengths_mm"]
+    assert 0 < l1["L1"] < 38.0 and phantoms["l1_rib"].ground_truth["rib_pairs"] == 13
+    assert "S1" in phantoms["lumbarization"].vertebra_names.values()
+    assert phantoms["lumbarization"].ground_truth["mobile_lumbar_type_count"] == 6
+    assert phantoms["sacralization"].ground_truth["mobile_lumbar_type_count"] == 4
+    assert len(phantoms["combined"].ground_truth["components"]) == 2
+
+
+def test_labelled_voxels_have_tissue_hu_without_noise():
+    mean, amp, lo, hi = hu_tables(age_years=85, muscle_fat_infiltration=1.0, phase="portal", oral_contrast=True)
+    for structure, (low, high) in ((Structure.MUSCLE, MUSCLE_HU_RANGE), (Structure.IMAT, FAT_HU_RANGE),
+                                   (Structure.VAT, FAT_HU_RANGE), (Structure.SAT, FAT_HU_RANGE)):
+        assert low <= lo[structure] <= mean[structure] <= hi[structure] <= high
+
+
+def test_rib_bones_match_variant():
+    p = make_phantom("t12_rib_aplasia", seed=5, matrix=128, slice_thickness_mm=5.0, scan_range="abdomen_pelvis")
+    q = make_phantom("normal", seed=5, matrix=128, slice_thickness_mm=5.0, scan_range="abdomen_pelvis")
+    assert p.ground_truth["twelfth_rib_length_mm"] == 0.0 and q.ground_truth["twelfth_rib_length_mm"] > 38.0
+    # Same seed, same person: the only difference is the twelfth rib pair, beside T12/L1.
+    bone = (Structure.CORTICAL, Structure.CANCELLOUS)
+    diff = np.isin(q.structure_labels, bone) & ~np.isin(p.structure_labels, bone)
+    assert diff.sum() > 20
+    ks = np.nonzero(diff.any(axis=(1, 2)))[0]
+    t12 = q.ground_truth["vertebrae"]["T12"]
+    z = q.volume.z_mm
+    assert z[ks].max() <= t12["z_superior_mm"] + 10 and z[ks].min() >= t12["z_inferior_mm"] - 60
+
+
+def test_chest_only_has_no_l3_and_l3_edge_has_it():
+    chest = make_phantom("normal", seed=2, matrix=96, slice_thickness_mm=5.0, scan_range="chest_only")
+    assert chest.ground_truth["l3_inferior_endplate_z_mm"] is None
+    assert chest.ground_truth["l3_slice_index"] is None and chest.ground_truth["areas_cm2"] is None
+    edge = make_phantom("normal", seed=2, matrix=96, slice_thickness_mm=5.0, scan_range="l3_edge")
+    assert edge.ground_truth["l3_slice_index"] in (0, 1)
+
+
+def test_determinism():
+    a = make_phantom("sacralization", seed=4, **SMALL)
+    b = make_phantom("sacralization", seed=4, **SMALL)
+    c = make_phantom("sacralization", seed=5, **SMALL)
+    assert np.array_equal(a.volume.hu, b.volume.hu)
+    assert np.array_equal(a.tissue_labels, b.tissue_labels)
+    assert np.array_equal(a.vertebra_labels, b.vertebra_labels)
+    assert a.ground_truth == b.ground_truth
+    assert a.volume.hu.shape != c.volume.hu.shape or not np.array_equal(a.volume.hu, c.volume.hu)
+    assert a.patient != c.patient
+
+
+@pytest.mark.parametrize("position", ["HFS", "FFS", "HFP", "FFP"])
+def test_dicom_round_trip_geometry(tmp_path: Path, position: str):
+    p = make_phantom("normal", seed=3, matrix=96, slice_thickness_mm=5.0, scan_range="l3_edge", position=position)
+    paths = write_dicom_series(p, tmp_path / "dicom")
+    assert len(paths) == p.volume.shape[0]
+    v = read_dicom_folder(tmp_path / "dicom")
+    assert v.shape == p.volume.shape
+    assert np.allclose(v.z_mm, p.volume.z_mm, atol=1e-3)
+    assert np.allclose(v.origin_mm, p.volume.origin_mm, atol=1e-3)
+    assert np.allclose(v.spacing_mm, p.volume.spacing_mm, atol=1e-4)
+    assert np.array_equal(v.hu, p.volume.hu)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
+def test_compressed_transfer_syntaxes_are_lossless(tmp_path: Path, syntax):
+    p = make_phantom("normal", seed=3, matrix=64, slice_thickness_mm=5.0, scan_range="l3_edge")
+    write_dicom_series(p, tmp_path, transfer_syntax=syntax)
+    assert np.array_equal(read_dicom_folder(tmp_path).hu, p.volume.hu)
+
+
+@pytest.mark.dciodvfy
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+@pytest.mark.parametrize("syntax", [None, JPEG2000Lossless])
+def test_dicom_passes_dciodvfy(tmp_path: Path, syntax):
+    p = make_phantom("normal", seed=6, matrix=64, slice_thickness_mm=5.0, scan_range="l3_edge", phase="portal")
+    kwargs = {"transfer_syntax": syntax} if syntax else {}
+    paths = write_dicom_series(p, tmp_path, **kwargs)
+    for path in (paths[0], paths[-1]):
+        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+        assert not errors, errors
+
+
+def test_main_phantom_writes_everything(tmp_path: Path):
+    out = main_phantom("four_lumbar", 8, tmp_path / "case", matrix=64, slice_thickness_mm=5.0)
+    truth = json.loads((out / "ground_truth.json").read_text())
+    assert truth["variant"] == "four_lumbar" and truth["lumbar_count"] == 4
+    assert {"skeletal_muscle", "imat", "vat", "sat"} <= set(truth["areas_cm2"] or {})
+    assert sorted(p.name for p in (out / "nifti").iterdir()) == ["ct.nii.gz", "structures.nii.gz", "tissues.nii.gz",
+                                                                 "vertebrae.nii.gz", "vertebral_bodies_and_discs.nii.gz"]
+    assert len(list((out / "dicom").iterdir())) == read_dicom_folder(out / "dicom").shape[0]
+
+
+def test_gantry_tilt_is_written_and_rejected_downstream(tmp_path: Path):
+    p = make_phantom("normal", seed=3, matrix=64, slice_thickness_mm=5.0, scan_range="l3_edge", gantry_tilt_deg=5.0)
+    paths = write_dicom_series(p, tmp_path)
+    import pydicom
+
+    assert float(pydicom.dcmread(paths[0]).GantryDetectorTilt) == 5.0
+    with pytest.raises(SeriesRejected):
+        read_dicom_folder(tmp_path)
+
+
+def test_arms_are_not_l3_tissue():
+    down = make_phantom("normal", seed=9, matrix=128, slice_thickness_mm=5.0, scan_range="abdomen_pelvis", arms="down")
+    k = down.ground_truth["l3_slice_index"]
+    arm = np.isin(down.structure_labels[k], (Structure.ARM_MUSCLE, Structure.ARM_FAT))
+    assert arm.sum() > 50
+    assert not down.tissue_labels[k][arm].any()
+
+
+def test_random_acquisition_is_seeded_and_valid():
+    from l3node.phantom import random_acquisition
+    from l3node.phantom.acquisition import KERNELS, PHASES, POSITIONS, SCAN_RANGES
+
+    a = random_acquisition(np.random.default_rng(1))
+    assert a == random_acquisition(np.random.default_rng(1))
+    draws = [random_acquisition(np.random.default_rng(s)) for s in range(40)]
+    assert all(d["scan_range"] in SCAN_RANGES and d["position"] in POSITIONS for d in draws)
+    assert all(d["kernel"] in KERNELS and d["phase"] in PHASES for d in draws)
+    assert all(0.625 <= d["slice_thickness_mm"] <= 5.0 and d["gantry_tilt_deg"] == 0.0 for d in draws)
+    assert len({d["slice_thickness_mm"] for d in draws}) > 3
