@@ -21,8 +21,11 @@ from l3node.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from l3node.logs import configure
+
     parser = _parser()
     args = parser.parse_args(argv)
+    configure(json=False, level="WARNING")  # commands that read a config file reconfigure
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -22,6 +22,23 @@ def _drop_patient_identifiers(_logger, _method, event_dict):
     return event_dict
 
 
+class _StderrLogger:
+    """Writes each rendered event to the *current* ``sys.stderr``.
+
+    structlog's PrintLogger binds the stream at configuration time; a stream that
+    is later replaced and closed (test capture, daemonising) would then make every
+    log call raise inside worker threads. A log line must never stop the node.
+    """
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (ValueError, OSError):
+            pass
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure(json: bool = True, level: str = "INFO") -> None:
     """Configure structlog once for the process."""
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
@@ -35,7 +52,7 @@ def configure(json: bool = True, level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *args: _StderrLogger(),
         cache_logger_on_first_use=False,
     )
     # pynetdicom logs through stdlib logging; keep it quiet unless asked.
