@@ -105,6 +105,21 @@ def analyse_study(study_dir: Path, out_dir: Path, config: Config) -> StudyOutcom
     return outcome
 
 
+def warm_up() -> None:
+    """Pay one-time costs at start-up rather than on the first study.
+
+    highdicom reads its tables of the DICOM standard (about 0.6 s) the first time an
+    object is built; the node calls this before it accepts associations.
+    """
+    try:
+        from highdicom import _standard_utils  # private, hence the guard
+
+        _standard_utils.get_module_attribute_map()
+        _standard_utils.get_iod_module_map()
+    except (ImportError, AttributeError):  # a highdicom without them simply pays later
+        pass
+
+
 def read_headers(study_dir: Path, rejected: dict[str, str]) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     """Headers (no pixels) of every readable DICOM file, grouped by SeriesInstanceUID.
 

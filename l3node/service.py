@@ -94,6 +94,10 @@ class Node:
             If the listening port cannot be bound.
         """
         self.recover()
+        if self.analyse is _default_analyse:
+            from l3node.pipeline import warm_up
+
+            warm_up()
         self.receiver.start()
         for name, loop in (("worker", self._worker_loop), ("sender", self._sender_loop)):
             thread = threading.Thread(target=loop, name=f"l3node-{name}", daemon=True)
