@@ -18,12 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from l3node.analysis.tissues import Tissue  # noqa: E402
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti  # noqa: E402
-from l3node.phantom import make_phantom  # noqa: E402
+from l3node.phantom import Structure, make_phantom  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_L3_Z_MM = 299.8
+ELDERLY_AGE = 80  # the real case is elderly (hip prosthesis)
 CLASSES = (("normal", "normal"), ("thoracolumbar", "t12_rib_aplasia"), ("lumbosacral", "sacralization"),
            ("numeric", "six_lumbar"), ("combined", "combined"))
 PHANTOM_OPTIONS = dict(matrix=256, slice_thickness_mm=3.0, scan_range="abdomen_pelvis", position="HFS",
@@ -94,14 +94,9 @@ def _stats(values: np.ndarray) -> str:
     return f"mean {values.mean():7.1f}  SD {values.std():6.1f}  n={values.size}"
 
 
-def histogram_figure(out: Path, phantoms: list) -> None:
-    sm = SHARED / "ts_example_ct_sm"
-    real_sm = read_nifti(sm / "ct.nii.gz").hu
-    real_muscle = real_sm[read_label_nifti(sm / "skeletal_muscle.nii.gz") > 0]
-    fat_mask = (read_label_nifti(sm / "subcutaneous_fat.nii.gz") > 0) | (read_label_nifti(sm / "torso_fat.nii.gz") > 0)
-    real_fat = real_sm[fat_mask]
-    full = read_nifti(SHARED / "ts_example_ct" / "ct.nii.gz").hu
-    real_bone = full[read_label_nifti(SHARED / "ts_example_ct" / "vertebrae.nii.gz") > 0]
+def _regions(phantoms: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HU of the painted (geometric) muscle, fat and vertebra regions, like the real silver masks,
+    which are anatomical masks and not HU-thresholded (the phantom's tissue_labels are)."""
     muscle, fat, bone = [], [], []
     for phantom in phantoms:
         truth = phantom.ground_truth
@@ -109,27 +104,43 @@ def histogram_figure(out: Path, phantoms: list) -> None:
         lo = truth["vertebrae"]["L2"]["z_inferior_mm"]
         hi = truth["vertebrae"]["T11"]["z_superior_mm"]
         ks = (z >= lo) & (z <= hi)  # the T11-L2 range of the real silver masks
-        t = phantom.tissue_labels[ks]
+        s = phantom.structure_labels[ks]
         hu = phantom.volume.hu[ks]
-        muscle.append(hu[t == Tissue.SKELETAL_MUSCLE])
-        fat.append(hu[np.isin(t, (Tissue.VAT, Tissue.SAT, Tissue.IMAT))])
+        muscle.append(hu[s == Structure.MUSCLE])
+        fat.append(hu[np.isin(s, (Structure.VAT, Structure.SAT, Structure.IMAT))])
         bone.append(phantom.volume.hu[phantom.vertebra_labels > 0])
-    pairs = (("fat (SAT + torso fat)", real_fat, np.concatenate(fat), (-250, 50)),
-             ("skeletal muscle", real_muscle, np.concatenate(muscle), (-100, 150)),
-             ("vertebrae", real_bone, np.concatenate(bone), (-200, 1200)))
+    return np.concatenate(muscle), np.concatenate(fat), np.concatenate(bone)
+
+
+def histogram_figure(out: Path, phantoms: list, elderly: list) -> None:
+    sm = SHARED / "ts_example_ct_sm"
+    real_sm = read_nifti(sm / "ct.nii.gz").hu
+    real_muscle = real_sm[read_label_nifti(sm / "skeletal_muscle.nii.gz") > 0]
+    fat_mask = (read_label_nifti(sm / "subcutaneous_fat.nii.gz") > 0) | (read_label_nifti(sm / "torso_fat.nii.gz") > 0)
+    real_fat = real_sm[fat_mask]
+    full = read_nifti(SHARED / "ts_example_ct" / "ct.nii.gz").hu
+    real_bone = full[read_label_nifti(SHARED / "ts_example_ct" / "vertebrae.nii.gz") > 0]
+    muscle, fat, bone = _regions(phantoms)
+    old_muscle, old_fat, old_bone = _regions(elderly)
+    pairs = (("fat (SAT + torso fat)", real_fat, fat, old_fat, (-250, 50)),
+             ("skeletal muscle", real_muscle, muscle, old_muscle, (-100, 150)),
+             ("vertebrae", real_bone, bone, old_bone, (-200, 1200)))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     lines = []
-    for ax, (name, real, phantom, rng) in zip(axes, pairs):
+    for ax, (name, real, phantom, old, rng) in zip(axes, pairs):
         bins = np.linspace(*rng, 90)
-        ax.hist(real, bins, density=True, alpha=0.55, label=f"real: {real.mean():.0f} ± {real.std():.0f} HU")
-        ax.hist(phantom, bins, density=True, alpha=0.55,
-                label=f"phantom: {phantom.mean():.0f} ± {phantom.std():.0f} HU")
+        ax.hist(real, bins, density=True, alpha=0.5, label=f"real (elderly): {real.mean():.0f} ± {real.std():.0f} HU")
+        ax.hist(phantom, bins, density=True, alpha=0.5,
+                label=f"phantoms (5 classes): {phantom.mean():.0f} ± {phantom.std():.0f} HU")
+        ax.hist(old, bins, density=True, histtype="step", lw=1.4, color="k",
+                label=f"phantoms aged {ELDERLY_AGE}: {old.mean():.0f} ± {old.std():.0f} HU")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("HU")
         ax.legend(fontsize=7)
         lines.append(f"{name:24s} real   {_stats(real)}")
         lines.append(f"{name:24s} phantom {_stats(phantom)}")
-    fig.suptitle("HU histograms, phantom (5 variant classes, T11-L2 for soft tissue) vs real CT (silver masks)",
+        lines.append(f"{name:24s} aged{ELDERLY_AGE} {_stats(old)}")
+    fig.suptitle("HU histograms of anatomical regions, phantom (T11-L2 for soft tissue) vs real CT (silver masks)",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "phantom_hu_histograms.png", dpi=110)
@@ -145,7 +156,9 @@ def main() -> None:
     if not (SHARED / "ts_example_ct" / "ct.nii.gz").exists():
         raise SystemExit(f"real CT not found under {SHARED}")
     phantoms = variants_figure(args.out, args.seed)
-    histogram_figure(args.out, phantoms)
+    elderly = [make_phantom(variant, seed=args.seed + 20 + i, age_years=ELDERLY_AGE, **PHANTOM_OPTIONS)
+               for i, variant in enumerate(("normal", "sacralization"))]
+    histogram_figure(args.out, phantoms, elderly)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import read_dicom_folder
 from l3node.errors import SeriesRejected
 from l3node.phantom import VARIANT_CLASS, VARIANTS, main_phantom, make_phantom, write_dicom_series
-from l3node.phantom.materials import FAT_HU_RANGE, MUSCLE_HU_RANGE, Structure, hu_tables
+from l3node.config import AnalysisConfig
+from l3node.phantom.materials import FAT_HU_RANGE, MUSCLE_HU_RANGE, Compartment, Structure, hu_tables
+from l3node.phantom.truth import tissues_from_hu
 
 SMALL = dict(matrix=128, slice_thickness_mm=5.0, scan_range="abdomen_pelvis")
 
@@ -101,11 +103,130 @@ def test_variant_counts_and_ribs(phantoms):
     assert len(phantoms["combined"].ground_truth["components"]) == 2
 
 
-def test_labelled_voxels_have_tissue_hu_without_noise():
+def test_hu_ranges_are_the_analysis_defaults():
+    config = AnalysisConfig()
+    assert MUSCLE_HU_RANGE == (config.muscle_hu.min, config.muscle_hu.max) == (-29.0, 150.0)
+    assert FAT_HU_RANGE == (config.fat_hu.min, config.fat_hu.max) == (-190.0, -30.0)
+
+
+def test_tissue_labels_are_compartments_thresholded_on_the_final_image(phantoms):
+    for variant, p in phantoms.items():
+        hu, tissues, comp = p.volume.hu, p.tissue_labels, p.compartment_labels
+        muscle = hu[tissues == Tissue.SKELETAL_MUSCLE]
+        assert muscle.size and muscle.min() >= MUSCLE_HU_RANGE[0] and muscle.max() <= MUSCLE_HU_RANGE[1], variant
+        for fat in (Tissue.IMAT, Tissue.VAT, Tissue.SAT):
+            values = hu[tissues == fat]
+            assert values.size and values.min() >= FAT_HU_RANGE[0] and values.max() <= FAT_HU_RANGE[1], variant
+        for tissue, compartment in ((Tissue.SKELETAL_MUSCLE, Compartment.MUSCLE), (Tissue.IMAT, Compartment.MUSCLE),
+                                    (Tissue.VAT, Compartment.VISCERAL), (Tissue.SAT, Compartment.SUBCUTANEOUS)):
+            assert np.all(comp[tissues == tissue] == compartment), (variant, tissue)
+        # Conversely every compartment voxel in a tissue's HU range carries that tissue (the definition is exact).
+        in_fat = (hu >= FAT_HU_RANGE[0]) & (hu <= FAT_HU_RANGE[1])
+        in_muscle = (hu >= MUSCLE_HU_RANGE[0]) & (hu <= MUSCLE_HU_RANGE[1])
+        assert np.all(tissues[(comp == Compartment.MUSCLE) & in_muscle] == Tissue.SKELETAL_MUSCLE)
+        assert np.all(tissues[(comp == Compartment.MUSCLE) & in_fat] == Tissue.IMAT)
+        assert np.all(tissues[(comp == Compartment.VISCERAL) & in_fat] == Tissue.VAT)
+        assert np.all(tissues[(comp == Compartment.SUBCUTANEOUS) & in_fat] == Tissue.SAT)
+        assert not tissues[comp == Compartment.NONE].any()
+        # Compartments are the painted geometry; noise does not move them.
+        structures = p.structure_labels
+        assert np.all(comp[np.isin(structures, (Structure.MUSCLE, Structure.IMAT))] == Compartment.MUSCLE)
+        assert np.all(comp[structures == Structure.VAT] == Compartment.VISCERAL)
+        assert np.all(comp[structures == Structure.SAT] == Compartment.SUBCUTANEOUS)
+        truth = p.ground_truth
+        assert truth["tissue_definition"]["imat"] == {"compartment": "muscle", "hu": list(FAT_HU_RANGE)}
+        k = truth["l3_slice_index"]
+        pixel_cm2 = p.volume.pixel_area_mm2 / 100.0
+        assert truth["compartment_areas_cm2"]["muscle"] == pytest.approx(
+            (comp[k] == Compartment.MUSCLE).sum() * pixel_cm2, abs=1e-3)
+        # Most of the compartment is labelled: thresholding loses only partial-volume/noise voxels.
+        areas = truth["areas_cm2"]
+        assert areas["skeletal_muscle"] + areas["imat"] >= 0.9 * truth["compartment_areas_cm2"]["muscle"]
+        assert areas["sat"] >= 0.9 * truth["compartment_areas_cm2"]["subcutaneous"]
+
+
+def test_tissues_from_hu_applies_the_ranges_inclusively():
+    hu = np.array([[[-191, -190, -30, -29, 150, 151, -100, 40]]], np.float32)
+    comp = np.array([[[1, 1, 1, 1, 1, 1, 2, 2]]], np.uint8)
+    assert tissues_from_hu(hu, comp).tolist() == [[[0, 2, 2, 1, 1, 0, 3, 0]]]
+    comp[...] = 3
+    assert tissues_from_hu(hu, comp).tolist() == [[[0, 4, 4, 0, 0, 0, 4, 0]]]
+    with pytest.raises(ValueError, match="shape"):
+        tissues_from_hu(hu, comp[:, :, :4])
+
+
+def test_noiseless_texture_stays_in_tissue_window():
     mean, amp, lo, hi = hu_tables(age_years=85, muscle_fat_infiltration=1.0, phase="portal", oral_contrast=True)
     for structure, (low, high) in ((Structure.MUSCLE, MUSCLE_HU_RANGE), (Structure.IMAT, FAT_HU_RANGE),
                                    (Structure.VAT, FAT_HU_RANGE), (Structure.SAT, FAT_HU_RANGE)):
         assert low <= lo[structure] <= mean[structure] <= hi[structure] <= high
+
+
+def test_muscle_and_bone_hu_fall_with_age():
+    young = hu_tables(age_years=30, muscle_fat_infiltration=0.0, phase="noncontrast", oral_contrast=False)[0]
+    old = hu_tables(age_years=85, muscle_fat_infiltration=0.8, phase="noncontrast", oral_contrast=False)[0]
+    assert 45.0 <= young[Structure.MUSCLE] <= 60.0 and 12.0 <= old[Structure.MUSCLE] <= 28.0
+    assert 230.0 <= young[Structure.CANCELLOUS] <= 270.0 and 95.0 <= old[Structure.CANCELLOUS] <= 140.0
+
+
+def test_bowel_content_is_rarely_fat_range(phantoms):
+    from scipy import ndimage
+
+    for variant in ("normal", "combined"):
+        p = phantoms[variant]
+        hu, structures = p.volume.hu, p.structure_labels
+        feces = structures == Structure.FECES
+        gas = structures == Structure.BOWEL_GAS
+        assert feces.sum() > 200 and gas.sum() > 200
+        away = feces & ~ndimage.binary_dilation(gas, iterations=2)
+        fat = (hu >= FAT_HU_RANGE[0]) & (hu <= FAT_HU_RANGE[1])
+        assert fat[away].mean() < 0.05, variant  # only partial volume with gas gives fat-range HU
+        assert -10.0 < float(np.median(hu[away])) < 70.0
+
+
+def test_quadratus_lumborum_abuts_transverse_process_and_back_muscles(phantoms):
+    from scipy import ndimage
+
+    p = phantoms["normal"]
+    entry = p.ground_truth["vertebrae"]["L3"]
+    v = p.volume
+    z_mid = (entry["z_inferior_mm"] + entry["z_superior_mm"]) / 2
+    k = v.slice_index_at(z_mid)
+    structures = p.structure_labels[k]
+    row_c = int(round((entry["body_centre_xy_mm"][1] - v.origin_mm[1]) / v.spacing_mm[1]))
+    col_c = int(round((0.0 - v.origin_mm[0]) / v.spacing_mm[2]))
+    muscle = np.isin(structures, (Structure.MUSCLE, Structure.IMAT))
+    labels, _ = ndimage.label(muscle)
+    bone = (p.vertebra_labels[k] == entry["label"])
+    for side in (-1, 1):
+        # Lateral to the transverse process tip and behind the body: the QL belongs to the posterior muscle mass.
+        x_mm = side * 62.0
+        col = int(round((x_mm - v.origin_mm[0]) / v.spacing_mm[2]))
+        rows = np.arange(row_c, min(row_c + int(45 / v.spacing_mm[1]), structures.shape[0]))
+        hit = [r for r in rows if muscle[r, col]]
+        assert hit, side
+        ql = labels[hit[0], col]
+        back_row = min(row_c + int(70 / v.spacing_mm[1]), structures.shape[0] - 1)
+        back = labels[back_row, col_c + side * int(30 / v.spacing_mm[2])]  # erector spinae
+        assert ql == back != 0, side
+        touching = ndimage.binary_dilation(labels == ql, iterations=2) & bone
+        assert touching.any(), side
+
+
+def test_vertebra_z_is_the_body_inferior_endplate(phantoms):
+    p = phantoms["normal"]
+    z = p.volume.z_mm
+    dz = p.volume.spacing_mm[0]
+    assert "BODY" in p.ground_truth["vertebra_z_definition"]
+    lowest_any = []
+    for name in ("L1", "L2", "L3", "L4"):
+        entry = p.ground_truth["vertebrae"][name]
+        body = ((p.vertebra_labels == entry["label"]) & (p.body_disc_labels == 1)).any(axis=(1, 2))
+        ks = np.nonzero(body)[0]
+        assert entry["z_inferior_mm"] - 1e-6 <= z[ks.min()] < entry["z_inferior_mm"] + dz + 1e-6, name
+        whole = np.nonzero((p.vertebra_labels == entry["label"]).any(axis=(1, 2)))[0]
+        lowest_any.append(z[whole.min()] < z[ks.min()])
+    assert all(lowest_any)  # posterior elements keep their label below the body
 
 
 def test_rib_bones_match_variant():
@@ -180,8 +301,11 @@ def test_main_phantom_writes_everything(tmp_path: Path):
     truth = json.loads((out / "ground_truth.json").read_text())
     assert truth["variant"] == "four_lumbar" and truth["lumbar_count"] == 4
     assert {"skeletal_muscle", "imat", "vat", "sat"} <= set(truth["areas_cm2"] or {})
-    assert sorted(p.name for p in (out / "nifti").iterdir()) == ["ct.nii.gz", "structures.nii.gz", "tissues.nii.gz",
-                                                                 "vertebrae.nii.gz", "vertebral_bodies_and_discs.nii.gz"]
+    assert truth["tissue_definition"]["sat"]["compartment"] == "subcutaneous"
+    assert truth["compartment_names"] == {"1": "muscle", "2": "visceral", "3": "subcutaneous"}
+    assert sorted(p.name for p in (out / "nifti").iterdir()) == [
+        "compartments.nii.gz", "ct.nii.gz", "structures.nii.gz", "tissues.nii.gz", "vertebrae.nii.gz",
+        "vertebral_bodies_and_discs.nii.gz"]
     assert len(list((out / "dicom").iterdir())) == read_dicom_folder(out / "dicom").shape[0]
 
 

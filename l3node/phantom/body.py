@@ -264,8 +264,19 @@ def paint_posterior_muscles(canvas: SliceCanvas, torso: Torso, z: float, cavity:
         for s in (-1, 1):
             canvas.ellipse(M, s * px, py, r * 1.05, r * 0.95, only=(V, M))
     if torso.iliac_crest_z_mm - 5.0 < z < (l1.z_superior_mm + spine.by_name("T12").z_inferior_mm) / 2:
+        # Quadratus lumborum: a flat band on the posterior abdominal wall from the transverse process
+        # tips (medial) to the anterolateral surface of the erector spinae / thoracolumbar fascia
+        # (lateral-posterior), lateral to psoas; both ends lie inside those structures, so it abuts them.
+        ty = y_c + hd + 8.0 + 2.0  # level of the transverse processes (canal centre + ~1 mm)
+        ea, eb = 22.0 * m + 7.0, 17.0 * m + 7.0
         for s in (-1, 1):
-            canvas.ellipse(M, s * (hw + 0.8 * tp + 12.0), y_c + 22.0, 15.0 * m, 10.0 * m, s * 0.5, only=(V, M))
+            medial = (s * (hw + 0.75 * tp), ty)
+            lateral = (s * (ex + 0.55 * ea), ey - 0.55 * eb)
+            thick = 6.0 * m + 3.0
+            canvas.capsule(M, medial, lateral, thick, only=(V, M))
+            mid = ((medial[0] + lateral[0]) / 2 + s * 4.0, (medial[1] + lateral[1]) / 2 - 2.0)
+            canvas.ellipse(M, mid[0], mid[1], 13.0 * m + 3.0, thick + 2.0,
+                           float(np.arctan2(lateral[1] - medial[1], lateral[0] - medial[0])), only=(V, M))
 
 
 def paint_imat(canvas: SliceCanvas, streaks: np.ndarray, threshold: float) -> None:

@@ -4,7 +4,7 @@ Layout written by :func:`main_phantom`::
 
     out/
       dicom/            one file per slice, nothing else (read_dicom_folder reads it as is)
-      nifti/            ct.nii.gz, vertebrae.nii.gz, tissues.nii.gz, structures.nii.gz,
+      nifti/            ct.nii.gz, vertebrae.nii.gz, tissues.nii.gz, structures.nii.gz, compartments.nii.gz,
                         vertebral_bodies_and_discs.nii.gz
       ground_truth.json beside the series folder
 """
@@ -198,7 +198,8 @@ def write_dicom_series(phantom: Phantom, out_dir: str | Path, *, transfer_syntax
 
 
 def write_nifti(phantom: Phantom, out_dir: str | Path) -> list[Path]:
-    """Write ``ct.nii.gz`` (int16 HU), ``vertebrae.nii.gz``, ``tissues.nii.gz``, ``structures.nii.gz`` and
+    """Write ``ct.nii.gz`` (int16 HU), ``vertebrae.nii.gz``, ``tissues.nii.gz``, ``structures.nii.gz``,
+    ``compartments.nii.gz`` (1 muscle, 2 visceral, 3 subcutaneous) and
     ``vertebral_bodies_and_discs.nii.gz`` (1 body, 2 disc) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +209,8 @@ def write_nifti(phantom: Phantom, out_dir: str | Path) -> list[Path]:
               "tissues": phantom.tissue_labels}
     if phantom.structure_labels is not None:
         arrays["structures"] = phantom.structure_labels
+    if phantom.compartment_labels is not None:
+        arrays["compartments"] = phantom.compartment_labels
     if phantom.body_disc_labels is not None:
         arrays["vertebral_bodies_and_discs"] = phantom.body_disc_labels
     for name, array in arrays.items():
@@ -225,6 +228,7 @@ def write_ground_truth(phantom: Phantom, path: str | Path) -> Path:
     truth = dict(phantom.ground_truth)
     truth["vertebra_names"] = {str(k): v for k, v in phantom.vertebra_names.items()}
     truth["structure_names"] = {str(k): v for k, v in phantom.structure_names.items()}
+    truth["compartment_names"] = {str(k): v for k, v in phantom.compartment_names.items()}
     path.write_text(json.dumps(truth, indent=2, sort_keys=True))
     return path
 

@@ -12,12 +12,12 @@ from l3node.analysis.volume import Volume
 from l3node.phantom import acquisition as acq_mod
 from l3node.phantom.anatomy import Spine, layout_spine
 from l3node.phantom.body import adjust_habitus, build_torso, random_habitus
-from l3node.phantom.materials import STRUCTURE_NAMES, TISSUE_OF_STRUCTURE
+from l3node.phantom.materials import COMPARTMENT_NAMES, COMPARTMENT_OF_STRUCTURE, STRUCTURE_NAMES
 from l3node.phantom.organs import build_viscera
 from l3node.phantom.pelvis import build_pelvis
 from l3node.phantom.render import Scene, render_volume
 from l3node.phantom.ribs import build_rib_cage
-from l3node.phantom.truth import ground_truth
+from l3node.phantom.truth import ground_truth, tissues_from_hu
 from l3node.phantom.variants import plan_segments, variant_components
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,11 @@ class Phantom:
         ``"sacrum"``); see :mod:`l3node.phantom.variants` for the naming rules.
     tissue_labels:
         uint8 :class:`~l3node.analysis.tissues.Tissue` values (1 muscle, 2 IMAT, 3 VAT, 4 SAT),
-        0 elsewhere. Arm muscle and fat are 0, as the paper excludes arms.
+        0 elsewhere, by the paper's definition: the compartment (``compartment_labels``)
+        thresholded on the FINAL image ``volume.hu`` (muscle compartment with HU -29..150 is
+        muscle, with -190..-30 IMAT; visceral / subcutaneous compartment with -190..-30 is
+        VAT / SAT; ranges from :class:`l3node.config.AnalysisConfig`). Arm muscle and fat are 0,
+        as the paper excludes arms.
     ground_truth, patient, acquisition:
         JSON-ready dicts (see :func:`make_phantom`).
     structure_labels:
@@ -50,6 +54,9 @@ class Phantom:
         uint8, 1 = vertebral body (incl. sacral body), 2 = intervertebral disc, like
         TotalSegmentator's ``vertebral_bodies_and_discs``; with ``vertebra_labels`` it gives
         body-only extents (the posterior elements of a vertebra reach below its body).
+    compartment_labels:
+        uint8 :class:`~l3node.phantom.materials.Compartment` values (1 muscle, 2 visceral,
+        3 subcutaneous), exact geometry independent of noise; names in ``compartment_names``.
     """
 
     volume: Volume
@@ -62,6 +69,8 @@ class Phantom:
     structure_labels: np.ndarray | None = None
     structure_names: dict[int, str] = field(default_factory=lambda: dict(STRUCTURE_NAMES))
     body_disc_labels: np.ndarray | None = None
+    compartment_labels: np.ndarray | None = None
+    compartment_names: dict[int, str] = field(default_factory=lambda: dict(COMPARTMENT_NAMES))
 
 
 def _z_range(spine: Spine, pelvis, scan_range: str, dz: float, rng: np.random.Generator) -> tuple[float, float]:
@@ -99,8 +108,10 @@ def make_phantom(variant: str = "normal", seed: int = 0, **options: Any) -> Phan
     Phantom
         ``ground_truth`` holds ``l3_inferior_endplate_z_mm`` (None when L3 is outside the scan),
         ``l3_slice_index``, ``variant``, ``variant_class``, ``components``, ``lumbar_count``,
-        ``rib_pairs``, ``rib_lengths_mm``, ``twelfth_rib_length_mm``, ``vertebrae``,
-        ``areas_cm2``, ``mean_hu``, ``patient``, ``acquisition`` and ``seed``.
+        ``rib_pairs``, ``rib_lengths_mm``, ``twelfth_rib_length_mm``, ``vertebrae`` (each with
+        ``z_inferior_mm`` = the BODY's inferior endplate; see ``vertebra_z_definition``),
+        ``areas_cm2``, ``mean_hu`` (from ``tissue_labels`` on the L3 slice),
+        ``compartment_areas_cm2``, ``tissue_definition``, ``patient``, ``acquisition`` and ``seed``.
 
     Raises
     ------
@@ -143,12 +154,14 @@ def make_phantom(variant: str = "normal", seed: int = 0, **options: Any) -> Phan
     scene = Scene(spine, torso, ribs, pelvis, viscera, habitus, acq)
     hu, structures, vertebra_labels, bodies = render_volume(scene, x_mm, y_mm, z0 + dz * np.arange(n_slices), rng_fields)
     volume = Volume(hu=hu, spacing_mm=(dz, pixel, pixel), origin_mm=(float(x_mm[0]), float(y_mm[0]), float(z0)))
-    tissues = TISSUE_OF_STRUCTURE[structures]
+    compartments = COMPARTMENT_OF_STRUCTURE[structures]
+    tissues = tissues_from_hu(hu, compartments)
     patient = {"sex": habitus.sex, "height_m": habitus.height_m, "weight_kg": habitus.weight_kg,
                "age_years": int(habitus.age_years), "bmi": round(habitus.bmi, 1),
                "muscle_factor": round(habitus.muscle_factor, 3), "fat_infiltration": round(habitus.fat_infiltration, 3)}
     truth = ground_truth(volume=volume, tissues=tissues, spine=spine, ribs=ribs, variant=variant,
-                         components=components, patient=patient, acquisition=acq, seed=seed)
+                         components=components, patient=patient, acquisition=acq, seed=seed,
+                         compartments=compartments)
     log.debug("phantom_made", variant=variant, seed=seed, shape=volume.shape)
     return Phantom(volume, vertebra_labels, {v.label: v.name for v in spine.vertebrae}, tissues, truth,
-                   patient, dict(acq), structures, body_disc_labels=bodies)
+                   patient, dict(acq), structures, body_disc_labels=bodies, compartment_labels=compartments)

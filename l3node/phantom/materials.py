@@ -1,9 +1,10 @@
 """Structure codes painted by the phantom, their tissue label and their Hounsfield units.
 
-The generator paints a uint8 *structure map* (codes below). Everything else derives from it
-through look-up tables: the tissue labels of the paper (:class:`~l3node.analysis.tissues.Tissue`)
-and the noiseless HU (mean + texture, clipped to the tissue's standard HU window for the four
-measured tissues so that thresholding inside the right compartment reproduces the labels).
+The generator paints a uint8 *structure map* (codes below). The noiseless HU (mean + texture,
+clipped per structure) and the body-composition *compartments* derive from it through look-up
+tables. The tissue labels of the paper (:class:`~l3node.analysis.tissues.Tissue`) are NOT
+painted: they are the compartments thresholded on the final (blurred, noisy) image, see
+:func:`l3node.phantom.truth.tissues_from_hu`.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ from enum import IntEnum
 import numpy as np
 
 from l3node.analysis.tissues import Tissue
+from l3node.config import AnalysisConfig
 
-MUSCLE_HU_RANGE = (-29.0, 150.0)
-FAT_HU_RANGE = (-190.0, -30.0)
+_ANALYSIS = AnalysisConfig()
+MUSCLE_HU_RANGE = (float(_ANALYSIS.muscle_hu.min), float(_ANALYSIS.muscle_hu.max))
+FAT_HU_RANGE = (float(_ANALYSIS.fat_hu.min), float(_ANALYSIS.fat_hu.max))
 
 
 class Structure(IntEnum):
     """Codes of the structure map (``Phantom.structure_labels``)."""
 
     AIR = 0
-    MUSCLE = 1  # skeletal muscle of the torso (tissue SKELETAL_MUSCLE)
-    IMAT = 2  # fat inside muscle fascia
-    VAT = 3  # fat inside the abdominal wall
-    SAT = 4  # fat between skin and muscle fascia
+    MUSCLE = 1  # skeletal muscle of the torso (muscle compartment)
+    IMAT = 2  # fat painted inside muscle fascia (muscle compartment)
+    VAT = 3  # fat inside the abdominal wall, around the organs (visceral compartment)
+    SAT = 4  # fat between skin and muscle fascia (subcutaneous compartment)
     SKIN = 10
     TABLE_SHELL = 11
     TABLE_FOAM = 12
@@ -60,12 +63,31 @@ class Structure(IntEnum):
 
 STRUCTURE_NAMES: dict[int, str] = {int(s): s.name.lower() for s in Structure}
 
+class Compartment(IntEnum):
+    """Codes of ``Phantom.compartment_labels``: where each tissue of the paper may lie."""
+
+    NONE = 0
+    MUSCLE = 1  # inside the fascia of psoas, quadratus lumborum, paraspinal and abdominal wall muscles
+    VISCERAL = 2  # inside the abdominal wall, excluding organs, bowel, vessels and spine
+    SUBCUTANEOUS = 3  # between the skin and the abdominal wall fascia
+
+
+_COMPARTMENT_OF = np.zeros(256, np.uint8)
+for _s, _c in ((Structure.MUSCLE, Compartment.MUSCLE), (Structure.IMAT, Compartment.MUSCLE),
+               (Structure.VAT, Compartment.VISCERAL), (Structure.SAT, Compartment.SUBCUTANEOUS)):
+    _COMPARTMENT_OF[int(_s)] = int(_c)
+COMPARTMENT_OF_STRUCTURE: np.ndarray = _COMPARTMENT_OF
+"""uint8 LUT structure code -> :class:`Compartment` value."""
+
+COMPARTMENT_NAMES: dict[int, str] = {int(c): c.name.lower() for c in Compartment if c}
+
 _TISSUE_OF = np.zeros(256, np.uint8)
 for _s, _t in ((Structure.MUSCLE, Tissue.SKELETAL_MUSCLE), (Structure.IMAT, Tissue.IMAT),
                (Structure.VAT, Tissue.VAT), (Structure.SAT, Tissue.SAT)):
     _TISSUE_OF[int(_s)] = int(_t)
 TISSUE_OF_STRUCTURE: np.ndarray = _TISSUE_OF
-"""uint8 LUT structure code -> Tissue value (0 for everything not measured at L3)."""
+"""uint8 LUT structure code -> the Tissue it was painted as (0 elsewhere); NOT the ground truth,
+which thresholds the compartments on the final image."""
 
 _BASE_HU: dict[Structure, tuple[float, float]] = {
     # (mean HU, texture amplitude HU)
@@ -91,7 +113,7 @@ _BASE_HU: dict[Structure, tuple[float, float]] = {
     Structure.BOWEL_WALL: (40.0, 8.0),
     Structure.BOWEL_FLUID: (15.0, 8.0),
     Structure.BOWEL_GAS: (-950.0, 30.0),
-    Structure.FECES: (-150.0, 180.0),
+    Structure.FECES: (28.0, 22.0),  # mottled stool; its gas bubbles are BOWEL_GAS
     Structure.BLADDER: (8.0, 4.0),
     Structure.LUNG: (-860.0, 40.0),
     Structure.HEART: (42.0, 5.0),
@@ -139,12 +161,16 @@ def hu_tables(*, age_years: float, muscle_fat_infiltration: float, phase: str,
         mean[int(structure)], amp[int(structure)] = mu, a
     for structure, mu in _CONTRAST[phase].items():
         mean[int(structure)] = mu
-    muscle = 50.0 - 0.25 * max(age_years - 30.0, 0.0) - 22.0 * muscle_fat_infiltration
+    older = max(age_years - 30.0, 0.0)
+    # Healthy young muscle ~50 HU; elderly, fat-infiltrated muscle down to ~15-25 HU (myosteatosis).
+    muscle = max(56.0 - 0.36 * older - 16.0 * muscle_fat_infiltration, 12.0)
     mean[int(Structure.MUSCLE)] = mean[int(Structure.ARM_MUSCLE)] = muscle
-    mean[int(Structure.CANCELLOUS)] = max(235.0 - 2.3 * max(age_years - 30.0, 0.0), 75.0)
+    # Cancellous bone ~250 HU at 30 years, ~120 HU at 80 (osteoporosis), never below 95.
+    mean[int(Structure.CANCELLOUS)] = max(252.0 - 2.6 * older, 95.0)
     if oral_contrast:
         mean[int(Structure.BOWEL_FLUID)] = 280.0
         amp[int(Structure.BOWEL_FLUID)] = 40.0
+    lo[int(Structure.FECES)], hi[int(Structure.FECES)] = -20.0, 140.0
     for structure in (Structure.MUSCLE,):
         lo[int(structure)], hi[int(structure)] = MUSCLE_HU_RANGE[0] + 5, MUSCLE_HU_RANGE[1] - 5
     for structure in (Structure.IMAT, Structure.VAT, Structure.SAT):

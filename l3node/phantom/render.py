@@ -2,9 +2,8 @@
 
 Thick slices (>= 2 mm) average three sub-slices across the slice thickness, so endplates,
 ribs and organ edges show the partial-volume effect of real thick-slice CT; the label maps
-are painted at the slice centre. After blur, every voxel labelled as one of the four L3
-tissues is clipped into that tissue's standard HU window (muscle -29..150, fat -190..-30), so
-the noiseless image agrees with the labels; noise is then added.
+are painted at the slice centre. Blur and noise are applied to everything alike; the tissue
+labels are derived afterwards from this final image (see :mod:`l3node.phantom.truth`).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from l3node.phantom.pelvis import Pelvis, paint_pelvis
 from l3node.phantom.ribs import RibCage
 
 _BONE = (int(Structure.CORTICAL), int(Structure.CANCELLOUS), int(Structure.THIN_CORTEX))
+_FECES, _GAS = int(Structure.FECES), int(Structure.BOWEL_GAS)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class _Painter:
         self.streaks = streaks
         fraction = 0.015 + 0.11 * scene.habitus.fat_infiltration
         self.threshold = streaks.threshold_for_fraction(fraction)
+        self.bubble_threshold = streaks.threshold_for_fraction(0.07)
+        self.bubble_scale = min(float(x_mm[1] - x_mm[0]) / 2.5, 1.0)  # bubbles ~2.5 mm+ across at any pixel size
 
     def paint(self, z: float, labels: np.ndarray | None, bodies: np.ndarray | None = None) -> np.ndarray:
         s = self.scene
@@ -64,6 +66,7 @@ class _Painter:
         paint_posterior_muscles(canvas, s.torso, z, cavity)
         paint_thorax(canvas, s.torso, z, cavity)
         paint_abdomen(canvas, s.torso, s.pelvis, s.viscera, z)
+        self._stool_bubbles(z)
         paint_imat(canvas, self.streaks.smooth_in_z(self.streaks.streaks, z, 9.0), self.threshold)
         s.ribs.paint(canvas, s.torso, z)
         paint_pelvis(canvas, s.pelvis, s.spine, a, b_ant, z)
@@ -84,6 +87,25 @@ class _Painter:
                     bodies[rows, cols][regions > 0] = regions[regions > 0]
         paint_arms(canvas, s.torso, z, s.acquisition["arms"])
         return canvas.image
+
+
+    def _stool_bubbles(self, z: float) -> None:
+        """Mottle faeces with small gas bubbles (a streak field, mirrored and shifted in z, above a threshold)."""
+        image = self.canvas.image
+        rows, cols = np.nonzero(image == _FECES)
+        if len(rows) == 0:
+            return
+        bank = self.streaks.streaks
+        u = (z + 333.0) / 12.0
+        i = int(np.floor(u))
+        w = np.float32(u - i)
+        # Mirrored, magnified crop of the field: uncorrelated with the IMAT streaks, bubbles a few mm across.
+        r = ((image.shape[0] - 1 - rows) * self.bubble_scale).astype(np.intp)
+        c = ((image.shape[1] - 1 - cols) * self.bubble_scale).astype(np.intp)
+        field = (1 - w) * bank[(i + 1) % len(bank)][r, c] + w * bank[(i + 2) % len(bank)][r, c]
+        field /= np.float32(np.sqrt((1 - w) ** 2 + w**2))
+        gas = field > self.bubble_threshold
+        image[rows[gas], cols[gas]] = _GAS
 
 
 def _pelvic_side_walls(canvas: SliceCanvas, pelvis: Pelvis, b_ant: float, z: float, cavity: np.ndarray) -> None:
@@ -131,9 +153,7 @@ def render_volume(scene: Scene, x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.nda
             if acq["metal"]:
                 metal = (codes == metal_code) if metal is None else metal | (codes == metal_code)
         clean /= np.float32(len(offsets))
-        codes = structures[k]
         img = acq_mod.apply_kernel(clean, acq["kernel"], pixel)
-        np.clip(img, lo[codes], hi[codes], out=img)
         img += np.float32(sd) * bank.noise_slice()
         if metal is not None:
             streaks = acq_mod.metal_streaks(metal, x_mm, y_mm, float(k) * 0.37)
