@@ -1,9 +1,54 @@
-"""Locate the inferior endplate of L3 (placeholder types; algorithm owned by issue 4)."""
+"""Locate the inferior endplate of L3 by counting vertebrae, as a radiologist does.
+
+:func:`l3node.analysis.spine.analyse_spine` finds the vertebral bodies and discs, the ribs
+with their lengths, the sacrum and the iliac crests. Here the vertebrae are *named*:
+
+* **Counting from the ribs** (downward). T12 is the last vertebra with a normal rib
+  (>= 38 mm, the L3SEG-net rule) -- unless that rib is as long as an eleventh rib
+  (>= :data:`ELEVENTH_RIB_MIN_MM`; twelfth ribs are shorter), in which case it *is* T11 and the
+  vertebra below is a T12 with a hypoplastic or absent rib. A short rib on the vertebra
+  below a twelfth-rib-length T12 is a rudimentary L1 rib. L3 is the third vertebra below T12.
+* **Counting from the sacrum** (upward). S1 is the first segment fused with the iliac wings;
+  the mobile vertebra above it is taken as L5 and L3 is the third above the sacrum.
+
+When both anchors are seen and agree, L3 is found with high confidence. When they disagree
+the anatomy is classified (thoracolumbar: short/absent twelfth rib or a rib on L1;
+lumbosacral: a transitional vertebra at the junction -- thin disc, large transverse
+processes, or a long fused sacrum; numeric: 4 or 6 mobile lumbar vertebrae without one;
+combined: more than one), both candidates are reported, and the configured convention
+(:attr:`l3node.config.AnalysisConfig.variant_convention`) picks one, with status
+``uncertain``. The L3 definition used for the phantoms' ground truth (third vertebra below
+T12) is what ``count_from_ribs`` returns.
+
+When neither anchor is seen, the iliac crest is taken to lie at L4 (the paper's assumption)
+with low confidence. When L3 is outside the scan, the answer is ``not_in_field_of_view`` with
+no slice -- never an invented one.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
+
+import numpy as np
+
+from l3node.analysis.spine import NORMAL_RIB_MIN_MM, SpineAnalysis, VertebraFound, analyse_spine
+from l3node.analysis.volume import Volume
+from l3node.config import AnalysisConfig
+from l3node.logs import get_logger
+
+log = get_logger(__name__)
+
+ELEVENTH_RIB_MIN_MM = 185.0
+"""A last normal rib this long (as measured: voxel path, ~15-30 % over the true arc) is an
+eleventh rib; twelfth ribs are shorter (phantoms 60-130 mm, eleventh >= 175 mm)."""
+THIN_DISC_RATIO = 0.6
+"""A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
+LARGE_TP_RATIO = 1.6
+"""Transverse processes this much larger than the other lumbar ones mark a transitional level."""
+LONG_SACRUM_RATIO = 4.4
+"""A fused sacrum longer than this many lumbar body heights has taken in L5 (sacralisation)."""
 
 
 class L3Status(str, Enum):
@@ -46,3 +91,270 @@ class L3Location:
     vertebrae: tuple[Vertebra, ...] = ()
     candidates_z_mm: tuple[float, ...] = ()  # other plausible L3 endplates (counting disagreement)
     notes: tuple[str, ...] = field(default=())
+    rib_count_z_mm: float | None = None  # L3 endplate counted down from T12 (None if not possible)
+    sacrum_count_z_mm: float | None = None  # L3 endplate counted up from the sacrum
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """The anatomy as read from the spine analysis (indices into ``vertebrae``, top first)."""
+
+    t12: int | None
+    sacrum: int | None
+    thoracolumbar: str | None  # "t12_rib_hypoplasia" | "t12_rib_aplasia" | "l1_rib" | None
+    lumbosacral: str | None  # "thin_disc" | "large_transverse_processes" | "long_sacrum" | None
+    mobile_lumbar: int | None  # vertebrae between T12 and the sacrum
+
+
+def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
+    normal = [i for i, v in enumerate(vs) if not v.sacral and v.rib_mm >= NORMAL_RIB_MIN_MM]
+    if not normal:
+        return None, None
+    # The rib cage is contiguous from above: a "rib" two or more rib-less levels below the
+    # cage (vessel, organ, transverse process) is not counted; one level may have lost its
+    # rib to the measurement (a missed detection, or a twelfth-rib aplasia above a T12).
+    last = normal[0]
+    for i in normal[1:]:
+        if i > last + 2:
+            break
+        last = i
+    below = vs[last + 1] if last + 1 < len(vs) and not vs[last + 1].sacral else None
+    if vs[last].rib_mm >= ELEVENTH_RIB_MIN_MM:
+        if below is None:
+            return last + 1, None
+        return last + 1, "t12_rib_hypoplasia" if below.rib_mm > 0 else "t12_rib_aplasia"
+    if below is not None and below.rib_mm > 0:
+        after = vs[last + 2] if last + 2 < len(vs) else None
+        if after is not None and not after.sacral and after.rib_mm > 0:
+            # Short "ribs" on two lumbar levels: transverse processes or artefact, not a
+            # rudimentary rib (which only L1 carries).
+            return last, None
+        return last, "l1_rib"
+    return last, None
+
+
+def _read_junction(vs: tuple[VertebraFound, ...], t12: int | None, sacrum: int) -> str | None:
+    """Transitional signs at the lumbosacral junction (the segment just above the sacrum)."""
+    if sacrum < 1:
+        return None
+    top = (t12 + 1) if t12 is not None else max(0, sacrum - 5)
+    lumbar = [v for v in vs[top:sacrum] if not v.sacral and v.inferior_seen and v.superior_seen]
+    if len(lumbar) < 3:
+        return None
+    last, others = lumbar[-1], lumbar[:-1]
+    discs = [v.disc_below_mm for v in others if v.disc_below_mm > 0]
+    if discs and last.disc_below_mm < THIN_DISC_RATIO * float(np.median(discs)):
+        return "thin_disc"
+    tps = [v.tp_volume_cm3 for v in others]
+    if tps and last.tp_volume_cm3 > LARGE_TP_RATIO * float(np.median(tps)) + 0.5:
+        return "large_transverse_processes"
+    return None
+
+
+def read_anatomy(spine: SpineAnalysis) -> _Reading:
+    """Name the anchors (T12, sacrum) and the signs of each variant class."""
+    vs = spine.vertebrae
+    t12, thoracolumbar = _read_ribs(vs)
+    sacral = [i for i, v in enumerate(vs) if v.sacral]
+    sacrum = sacral[0] if sacral else None
+    lumbosacral = None
+    mobile = None
+    if sacrum is not None:
+        lumbosacral = _read_junction(vs, t12, sacrum)
+        heights = [v.height_mm for v in vs[:sacrum] if v.inferior_seen and v.superior_seen][-5:]
+        length = spine.sacrum_length_mm
+        if lumbosacral is None and length and heights and length > LONG_SACRUM_RATIO * float(np.median(heights)):
+            lumbosacral = "long_sacrum"
+        if t12 is not None and t12 < sacrum:
+            mobile = sacrum - t12 - 1
+    return _Reading(t12, sacrum, thoracolumbar, lumbosacral, mobile)
+
+
+def _classify(r: _Reading) -> Variant:
+    if r.t12 is None or r.sacrum is None:
+        return Variant.THORACOLUMBAR if r.thoracolumbar else Variant.UNKNOWN
+    flags = [r.thoracolumbar is not None, r.lumbosacral is not None,
+             r.lumbosacral is None and r.mobile_lumbar not in (None, 5)]
+    if sum(flags) == 0:
+        return Variant.NORMAL
+    if sum(flags) > 1:
+        return Variant.COMBINED
+    return (Variant.THORACOLUMBAR, Variant.LUMBOSACRAL, Variant.NUMERIC)[flags.index(True)]
+
+
+def _names(vs: tuple[VertebraFound, ...], anchor: int, anchor_is_t12: bool) -> list[str]:
+    names = []
+    for i, v in enumerate(vs):
+        if v.sacral:
+            names.append("S1" if i == anchor and not anchor_is_t12 else "sacrum")
+            continue
+        d = i - anchor if anchor_is_t12 else None
+        if d is None:
+            up = anchor - i  # 1 = the vertebra just above the sacrum = L5
+            d = 6 - up
+        names.append(f"T{12 + d}" if d <= 0 else f"L{d}")
+    return [n if not n.startswith("T") or int(n[1:]) >= 1 else "C" + str(7 + int(n[1:])) for n in names]
+
+
+def _endplate(vs: tuple[VertebraFound, ...], i: int | None) -> float | None:
+    if i is None or not 0 <= i < len(vs) or vs[i].sacral:
+        return None
+    return vs[i].z_inferior_mm
+
+
+def locate_l3(volume: Volume, config: AnalysisConfig | None = None) -> L3Location:
+    """Find the L3 inferior endplate in ``volume`` (see module docstring).
+
+    Parameters
+    ----------
+    volume:
+        The CT in the package convention (:mod:`l3node.analysis.volume`).
+    config:
+        Analysis settings; ``variant_convention`` chooses between the rib and sacrum counts
+        when they disagree. Defaults to :class:`AnalysisConfig()`.
+
+    Returns
+    -------
+    L3Location
+        ``not_in_field_of_view`` (no slice) when L3's inferior endplate is outside the scan;
+        ``uncertain`` when the counts disagree or only a weak anchor was available.
+
+    Raises
+    ------
+    ValueError
+        If ``volume`` is not 3-D.
+    """
+    if volume.hu.ndim != 3:
+        raise ValueError(f"expected a 3-D volume, got shape {volume.hu.shape}")
+    config = config or AnalysisConfig()
+    start = time.perf_counter()
+    spine = analyse_spine(volume)
+    result = _decide(volume, spine, config)
+    log.debug("l3_decided", status=result.status.value, variant=result.variant.value,
+              vertebrae=len(spine.vertebrae), elapsed_s=round(time.perf_counter() - start, 3))
+    return result
+
+
+def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3Location:
+    vs = spine.vertebrae
+    notes = list(spine.notes)
+    if not vs:
+        return L3Location(L3Status.NOT_IN_FIELD_OF_VIEW, None, None, 0.9, Variant.UNKNOWN,
+                          "no vertebral column found in the scan", notes=tuple(notes))
+    r = read_anatomy(spine)
+    variant = _classify(r)
+    rib_i = r.t12 + 3 if r.t12 is not None else None
+    sac_i = r.sacrum - 3 if r.sacrum is not None else None
+    rib_z, sac_z = _endplate(vs, rib_i), _endplate(vs, sac_i)
+    if r.thoracolumbar:
+        notes.append(f"thoracolumbar sign: {r.thoracolumbar.replace('_', ' ')}")
+    if r.lumbosacral:
+        notes.append(f"lumbosacral transitional sign: {r.lumbosacral.replace('_', ' ')}")
+    if r.mobile_lumbar is not None:
+        notes.append(f"{r.mobile_lumbar} mobile vertebrae between T12 and the sacrum")
+
+    if rib_i is not None and sac_i is not None:
+        if rib_i == sac_i:
+            chosen, anchor, from_ribs = rib_i, r.t12, True
+            status = L3Status.FOUND
+            confidence = 0.95 if variant is Variant.NORMAL else 0.85
+            method = "counted down from T12 (ribs) and up from the sacrum: agree"
+        else:
+            from_ribs = config.variant_convention == "count_from_ribs"
+            chosen, anchor = (rib_i, r.t12) if from_ribs else (sac_i, r.sacrum)
+            status = L3Status.UNCERTAIN
+            confidence = 0.5
+            method = (f"rib and sacrum counts disagree by {abs(rib_i - sac_i)} vertebra(e); "
+                      f"{config.variant_convention.replace('_', ' ')} chosen by configuration")
+    elif rib_i is not None:
+        chosen, anchor, from_ribs = rib_i, r.t12, True
+        status, confidence = L3Status.FOUND, 0.75 if variant is Variant.UNKNOWN else 0.7
+        method = "counted down from T12 (last rib-bearing vertebra); sacrum not in view"
+    elif sac_i is not None:
+        chosen, anchor, from_ribs = sac_i, r.sacrum, False
+        status, confidence = L3Status.FOUND, 0.65
+        method = "counted up from the sacrum; twelfth rib not in view"
+    else:
+        return _without_anchor(volume, spine, notes)
+
+    names = _names(vs, anchor, from_ribs)
+    vertebrae = tuple(Vertebra(n, v.z_inferior_mm, v.z_superior_mm, v.rib_mm or None) for n, v in zip(names, vs))
+    candidates = tuple(z for z in (rib_z, sac_z) if z is not None)
+    if not 0 <= chosen < len(vs):
+        return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
+    v = vs[chosen]
+    if v.sacral:
+        return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
+    z = v.z_inferior_mm
+    if not v.inferior_seen:
+        notes.append("L3 body reaches the bottom of the scan: endplate at the scan edge")
+        status, confidence = L3Status.UNCERTAIN, min(confidence, 0.5)
+    if not volume.contains_z(z):
+        return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
+    k = volume.slice_index_at(z)
+    return L3Location(status, float(z), k, confidence, variant, method, vertebrae, candidates, tuple(notes),
+                      rib_z, sac_z)
+
+
+def _outside(volume: Volume, spine: SpineAnalysis, chosen: int, method: str, variant: Variant,
+             vertebrae: tuple[Vertebra, ...], notes: list[str], rib_z: float | None,
+             sac_z: float | None) -> L3Location:
+    where = "above the scan" if chosen < 0 else "below the scan"
+    return L3Location(L3Status.NOT_IN_FIELD_OF_VIEW, None, None, 0.8, variant,
+                      f"{method}; L3 inferior endplate lies {where}", vertebrae, (), tuple(notes), rib_z, sac_z)
+
+
+def _without_anchor(volume: Volume, spine: SpineAnalysis, notes: list[str]) -> L3Location:
+    """Neither twelfth rib nor sacrum: iliac crest taken at L4 (paper's assumption), low confidence."""
+    vs = spine.vertebrae
+    crest = spine.iliac_crest_z_mm
+    vertebrae = tuple(Vertebra(f"V{i + 1}", v.z_inferior_mm, v.z_superior_mm, v.rib_mm or None)
+                      for i, v in enumerate(vs))
+    if crest is None:
+        notes.append("no twelfth rib, sacrum or iliac crest in view: vertebrae cannot be named")
+        return L3Location(L3Status.UNCERTAIN, None, None, 0.0, Variant.UNKNOWN,
+                          "no counting anchor in the scan", vertebrae, (), tuple(notes))
+    centres = np.array([(v.z_inferior_mm + v.z_superior_mm) / 2 for v in vs])
+    l4 = int(np.argmin(np.abs(centres - crest)))
+    l3 = l4 - 1
+    notes.append("no counting anchor: iliac crest assumed at L4 (L3SEG-net assumption)")
+    if l3 < 0 or vs[l3].sacral or not volume.contains_z(vs[l3].z_inferior_mm):
+        return L3Location(L3Status.NOT_IN_FIELD_OF_VIEW, None, None, 0.3, Variant.UNKNOWN,
+                          "iliac crest taken at L4; the vertebra above is not in view", vertebrae, (), tuple(notes))
+    z = vs[l3].z_inferior_mm
+    return L3Location(L3Status.UNCERTAIN, float(z), volume.slice_index_at(z), 0.3, Variant.UNKNOWN,
+                      "iliac crest taken at L4 (no rib or sacrum anchor)", vertebrae, (z,), tuple(notes))
+
+
+def inferior_endplate_z_from_labels(vertebra_labels: np.ndarray, volume: Volume, label: int,
+                                    body_mask: np.ndarray | None = None) -> float:
+    """Inferior endplate z (mm) of vertebra ``label`` in a label map on ``volume``'s grid.
+
+    The endplate is the **lower boundary** of the lowest slice holding the vertebral body:
+    ``z(k_min) - dz / 2``, matching the reference in ``shared/data`` (L3 of ts_example_ct:
+    body from k = 69, endplate 299.8 mm = 94.30 + 3 * 68.5). Posterior elements hang lower
+    than the body, so they are excluded: with ``body_mask`` (e.g. TotalSegmentator's
+    vertebral bodies, TPTBox subregion 49) by intersection, otherwise by keeping the
+    anterior 40 % of the vertebra's anterior-posterior extent (the body).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or ``label`` is absent.
+    """
+    if vertebra_labels.shape != volume.hu.shape:
+        raise ValueError(f"label map {vertebra_labels.shape} does not match volume {volume.hu.shape}")
+    mask = vertebra_labels == label
+    if not mask.any():
+        raise ValueError(f"label {label} is not in the label map")
+    if body_mask is not None:
+        body = mask & body_mask.astype(bool)
+        if not body.any():
+            raise ValueError(f"label {label} has no voxel inside the body mask")
+    else:
+        rows = np.nonzero(mask.any(axis=(0, 2)))[0]
+        cut = rows.min() + 0.4 * (rows.max() - rows.min() + 1)
+        body = mask.copy()
+        body[:, int(np.ceil(cut)) :, :] = False
+    k_min = int(np.nonzero(body.any(axis=(1, 2)))[0].min())
+    return float(volume.z_mm[k_min] - volume.spacing_mm[0] / 2)

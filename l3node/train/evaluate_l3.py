@@ -1,0 +1,236 @@
+"""Evaluate L3 location with the paper's metrics (L3SEG-net, Kim et al.).
+
+* distance error = |slice(GT) - slice(pred)| x slice spacing (mm), as in the paper; the
+  continuous |z(GT) - z(pred)| is reported beside it;
+* technical success = error < 10 mm; for a case whose L3 is outside the scan, success is
+  answering ``not_in_field_of_view`` (and any slice given there is a failure);
+* mean +- SD and maximum error, success rate and variant-class accuracy, overall and per
+  variant subgroup; a Markdown table, a CSV of every case and a box plot PNG.
+
+Cases come from phantoms (:func:`phantom_cases`, generated lazily so that hundreds fit in
+memory) or from labelled real CT (:func:`labelled_nifti_case`: NIfTI + vertebra label map).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from l3node.analysis.locate_l3 import L3Location, L3Status, inferior_endplate_z_from_labels, locate_l3
+from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
+from l3node.config import AnalysisConfig
+from l3node.logs import get_logger
+
+log = get_logger(__name__)
+
+SUCCESS_MM = 10.0
+
+
+@dataclass(frozen=True)
+class L3Case:
+    """One case to evaluate; ``load`` returns the volume (lazily, to bound memory)."""
+
+    name: str
+    load: Callable[[], Volume]
+    truth_z_mm: float | None  # None: L3's inferior endplate is outside the scan
+    variant_class: str | None = None  # paper's class ("normal", ...) when known
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    source: str
+    variant_class: str | None
+    truth_z_mm: float | None
+    predicted_z_mm: float | None
+    error_mm: float | None  # slice distance x spacing (paper); None when one side has no slice
+    z_error_mm: float | None  # continuous |z difference|
+    success: bool
+    status: str
+    predicted_variant: str
+    variant_correct: bool | None
+    confidence: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    group: str
+    n: int
+    n_with_error: int
+    mean_mm: float | None
+    sd_mm: float | None
+    max_mm: float | None
+    success_pct: float
+    variant_accuracy_pct: float | None
+
+
+@dataclass(frozen=True)
+class L3Evaluation:
+    """Per-case results and per-group summaries ("all" first, then variant classes)."""
+
+    cases: tuple[CaseResult, ...]
+    groups: tuple[GroupSummary, ...] = field(default=())
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| group | n | error mean ± SD (mm) | max (mm) | success < 10 mm | variant class correct |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for g in self.groups:
+            err = "–" if g.mean_mm is None else f"{g.mean_mm:.1f} ± {g.sd_mm:.1f}"
+            mx = "–" if g.max_mm is None else f"{g.max_mm:.1f}"
+            acc = "–" if g.variant_accuracy_pct is None else f"{g.variant_accuracy_pct:.1f} %"
+            lines.append(f"| {g.group} | {g.n} | {err} | {mx} | {g.success_pct:.1f} % | {acc} |")
+        return "\n".join(lines) + "\n"
+
+    def write_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        names = list(CaseResult.__dataclass_fields__)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=names)
+            writer.writeheader()
+            for case in self.cases:
+                writer.writerow({n: getattr(case, n) for n in names})
+        return path
+
+    def write_box_plot(self, path: str | Path) -> Path:
+        """Box plot of the distance error per variant class (cases with a slice on both sides)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        groups = [g.group for g in self.groups if g.group != "all"]
+        data = [[c.error_mm for c in self.cases if c.variant_class == g and c.error_mm is not None] for g in groups]
+        keep = [(g, d) for g, d in zip(groups, data) if d]
+        fig, ax = plt.subplots(figsize=(1.6 * max(len(keep), 2) + 2, 4))
+        if keep:
+            ax.boxplot([d for _, d in keep], tick_labels=[g for g, _ in keep], showmeans=True)
+        ax.axhline(SUCCESS_MM, color="red", lw=0.8, ls="--", label="10 mm (technical success)")
+        ax.set_ylabel("distance error (mm)")
+        ax.set_title("L3 inferior endplate: error per variant class")
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def write(self, out_dir: str | Path, stem: str = "l3_evaluation") -> dict[str, Path]:
+        """Markdown table, CSV of cases and box plot into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        md = out / f"{stem}.md"
+        md.write_text(self.to_markdown())
+        return {"markdown": md, "csv": self.write_csv(out / f"{stem}.csv"),
+                "box_plot": self.write_box_plot(out / f"{stem}_boxplot.png")}
+
+
+def score_case(case: L3Case, volume: Volume, result: L3Location, elapsed_s: float = 0.0) -> CaseResult:
+    """Compare one prediction with the truth (see module docstring)."""
+    truth, pred = case.truth_z_mm, result.z_mm
+    error = z_error = None
+    if truth is not None and pred is not None:
+        dz = volume.spacing_mm[0]
+        k_truth = int(round((truth - volume.origin_mm[2]) / dz))
+        k_pred = int(round((pred - volume.origin_mm[2]) / dz))
+        error = abs(k_truth - k_pred) * dz
+        z_error = abs(truth - pred)
+        success = error < SUCCESS_MM
+    elif truth is None:
+        success = result.status is L3Status.NOT_IN_FIELD_OF_VIEW and pred is None
+    else:
+        success = False
+    correct = None if case.variant_class is None else result.variant.value == case.variant_class
+    return CaseResult(case.name, case.source, case.variant_class, truth, pred, error, z_error, success,
+                      result.status.value, result.variant.value, correct, float(result.confidence), elapsed_s)
+
+
+def summarise(results: Iterable[CaseResult]) -> tuple[GroupSummary, ...]:
+    """Overall and per-variant-class summaries."""
+    results = list(results)
+    classes = sorted({r.variant_class for r in results if r.variant_class is not None})
+    groups = [("all", results)] + [(c, [r for r in results if r.variant_class == c]) for c in classes]
+    out = []
+    for name, rows in groups:
+        errors = np.array([r.error_mm for r in rows if r.error_mm is not None], float)
+        judged = [r.variant_correct for r in rows if r.variant_correct is not None]
+        out.append(GroupSummary(
+            name, len(rows), len(errors),
+            float(errors.mean()) if len(errors) else None,
+            float(errors.std(ddof=1)) if len(errors) > 1 else (0.0 if len(errors) else None),
+            float(errors.max()) if len(errors) else None,
+            100.0 * sum(r.success for r in rows) / max(len(rows), 1),
+            100.0 * sum(judged) / len(judged) if judged else None,
+        ))
+    return tuple(out)
+
+
+def evaluate_l3(cases: Iterable[L3Case], config: AnalysisConfig | None = None) -> L3Evaluation:
+    """Run :func:`locate_l3` on every case and summarise (paper's metrics).
+
+    ``config`` defaults to ``count_from_ribs``, the convention of the phantoms' ground truth
+    (L3 = third vertebra below T12).
+
+    Raises
+    ------
+    ValueError
+        If ``cases`` is empty.
+    """
+    config = config or AnalysisConfig(variant_convention="count_from_ribs")
+    results = []
+    for case in cases:
+        volume = case.load()
+        start = time.perf_counter()
+        result = locate_l3(volume, config)
+        elapsed = time.perf_counter() - start
+        scored = score_case(case, volume, result, elapsed)
+        log.info("l3_case_scored", case=case.name, error_mm=scored.error_mm, success=scored.success,
+                 status=scored.status, variant=scored.predicted_variant, elapsed_s=round(elapsed, 3))
+        results.append(scored)
+    if not results:
+        raise ValueError("no cases to evaluate")
+    return L3Evaluation(tuple(results), summarise(results))
+
+
+def phantom_cases(n_per_variant: int, *, first_seed: int = 0, variants: Iterable[str] | None = None,
+                  **options: Any) -> Iterator[L3Case]:
+    """Phantom cases, ``n_per_variant`` of each variant; acquisition varies with the seed
+    unless fixed by ``options`` (e.g. ``matrix=256`` for speed)."""
+    from l3node.phantom import VARIANTS, make_phantom
+
+    for variant in variants or VARIANTS:
+        for seed in range(first_seed, first_seed + n_per_variant):
+            phantom = make_phantom(variant, seed, **options)
+            truth = phantom.ground_truth
+            volume = phantom.volume
+            yield L3Case(f"{variant}-{seed}", (lambda v=volume: v), truth["l3_inferior_endplate_z_mm"],
+                         truth["variant_class"], "phantom")
+
+
+def labelled_nifti_case(ct_path: str | Path, labels_path: str | Path, l3_label: int | None, *,
+                        body_labels_path: str | Path | None = None, body_value: int = 1,
+                        variant_class: str | None = None, name: str | None = None) -> L3Case:
+    """A real CT with a vertebra label map; ``l3_label=None`` means L3 is not in the scan.
+
+    The truth is :func:`inferior_endplate_z_from_labels` (lower boundary of the lowest body slice).
+
+    Raises
+    ------
+    ValueError
+        If the label map does not match the CT or lacks ``l3_label``.
+    """
+    volume = read_nifti(ct_path)
+    truth = None
+    if l3_label is not None:
+        labels = read_label_nifti(labels_path)
+        body = read_label_nifti(body_labels_path) == body_value if body_labels_path else None
+        truth = inferior_endplate_z_from_labels(labels, volume, l3_label, body)
+    return L3Case(name or Path(ct_path).parent.name, lambda: volume, truth, variant_class, "real")

@@ -1,0 +1,177 @@
+"""L3 location by counting vertebrae: real CT from ../shared/data and phantoms of every variant class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from l3node.analysis.locate_l3 import L3Status, Variant, inferior_endplate_z_from_labels, locate_l3
+from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
+from l3node.config import AnalysisConfig
+from l3node.train.evaluate_l3 import L3Case, evaluate_l3, score_case
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RIBS = AnalysisConfig(variant_convention="count_from_ribs")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real CT not available: {path} (shared/data beside the repository)")
+    return path
+
+
+# ----------------------------------------------------------------------------- real CT
+
+
+def test_real_abdomen_ct_l3_within_10_mm():
+    folder = _need(DATA / "ts_example_ct")
+    volume = read_nifti(folder / "ct.nii.gz")
+    labels = read_label_nifti(folder / "vertebrae.nii.gz")
+    truth = inferior_endplate_z_from_labels(labels, volume, 29)  # 29 = L3 (TotalSegmentator)
+    result = locate_l3(volume)
+    assert result.status is not L3Status.NOT_IN_FIELD_OF_VIEW
+    assert result.z_mm is not None and abs(result.z_mm - truth) < 10.0
+    assert result.slice_index == volume.slice_index_at(result.z_mm)
+    assert len(result.vertebrae) >= 5
+
+
+def test_real_chest_cta_is_not_in_field_of_view():
+    volume = read_nifti(_need(DATA / "ts_chest_cta_no_l3") / "ct.nii.gz")
+    result = locate_l3(volume)
+    assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW
+    assert result.z_mm is None and result.slice_index is None
+
+
+def test_real_t11_to_l2_crop_is_not_in_field_of_view():
+    volume = read_nifti(_need(DATA / "ts_example_ct_sm") / "ct.nii.gz")
+    result = locate_l3(volume)
+    assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
+
+
+def test_endplate_from_labels_matches_references_and_orientation():
+    ts = _need(DATA / "ts_example_ct")
+    volume = read_nifti(ts / "ct.nii.gz")
+    labels = read_label_nifti(ts / "vertebrae.nii.gz")
+    bodies = read_label_nifti(ts / "vertebral_bodies_and_discs.nii.gz") == 1
+    assert inferior_endplate_z_from_labels(labels, volume, 29) == pytest.approx(299.8, abs=0.1)
+    assert inferior_endplate_z_from_labels(labels, volume, 29, bodies) == pytest.approx(299.8, abs=0.1)
+    # TPTBox crop is stored PIR: the reader reorients it; posterior elements hang below the body.
+    crop = _need(DATA / "tptbox_l3_crop")
+    volume = read_nifti(crop / "sub-ct_label-22_ct.nii.gz")
+    vert = read_label_nifti(crop / "sub-ct_seg-vert_label-22_msk.nii.gz")
+    sub = read_label_nifti(crop / "sub-ct_seg-subreg_label-22_msk.nii.gz")
+    assert np.all(np.diff(volume.z_mm) > 0)
+    assert inferior_endplate_z_from_labels(vert, volume, 22, sub == 49) == pytest.approx(-81.4, abs=0.2)
+    assert inferior_endplate_z_from_labels(vert, volume, 22) == pytest.approx(-81.4, abs=1.6)
+    with pytest.raises(ValueError):
+        inferior_endplate_z_from_labels(vert, volume, 99)
+
+
+def test_crop_without_rib_or_sacrum_never_invents_a_level():
+    """A 110 mm crop around L2-L4 has no counting anchor: no named L3 slice is claimed."""
+    crop = _need(DATA / "tptbox_l3_crop")
+    result = locate_l3(read_nifti(crop / "sub-ct_label-22_ct.nii.gz"))
+    assert result.status is not L3Status.FOUND
+    assert result.confidence <= 0.3
+
+
+# ----------------------------------------------------------------------------- phantoms
+
+phantom = pytest.importorskip("l3node.phantom")
+
+# One phantom per variant class (and both thoracolumbar mechanisms that need rib lengths).
+CLASS_CASES = [
+    ("normal", 11, Variant.NORMAL),
+    ("t12_rib_hypoplasia", 12, Variant.THORACOLUMBAR),
+    ("t12_rib_aplasia", 13, Variant.THORACOLUMBAR),
+    ("lumbarization", 14, Variant.LUMBOSACRAL),
+    ("six_lumbar", 15, Variant.NUMERIC),
+    ("four_lumbar", 16, Variant.NUMERIC),
+    ("combined", 17, Variant.COMBINED),
+]
+
+
+def _phantom(variant: str, seed: int, **options):
+    opts = dict(matrix=256, slice_thickness_mm=3.0, scan_range="abdomen_pelvis", arms="up", position="HFS")
+    opts.update(options)
+    return phantom.make_phantom(variant, seed, **opts)
+
+
+@pytest.mark.parametrize("variant,seed,expected", CLASS_CASES)
+def test_phantom_variant_located_and_classified(variant, seed, expected):
+    p = _phantom(variant, seed)
+    truth = p.ground_truth["l3_inferior_endplate_z_mm"]
+    result = locate_l3(p.volume, RIBS)
+    assert result.z_mm is not None, result.method
+    assert abs(result.z_mm - truth) < 10.0, (result.method, result.notes)
+    assert result.variant is expected, (result.method, result.notes)
+    if expected is Variant.NORMAL:
+        assert result.status is L3Status.FOUND and result.confidence >= 0.9
+    if expected in (Variant.LUMBOSACRAL, Variant.NUMERIC):
+        # The counts disagree by a vertebra: both candidates reported, status uncertain.
+        assert result.status is L3Status.UNCERTAIN and len(result.candidates_z_mm) == 2
+
+
+def test_convention_picks_the_sacrum_count_when_asked():
+    p = _phantom("six_lumbar", 15)
+    by_ribs = locate_l3(p.volume, RIBS)
+    by_sacrum = locate_l3(p.volume, AnalysisConfig(variant_convention="count_from_sacrum"))
+    assert by_ribs.sacrum_count_z_mm == pytest.approx(by_sacrum.z_mm)
+    assert by_ribs.rib_count_z_mm == pytest.approx(by_ribs.z_mm)
+    assert abs(by_sacrum.z_mm - by_ribs.z_mm) > 15  # one vertebra apart
+
+
+def test_phantom_chest_only_is_not_in_field_of_view():
+    p = _phantom("normal", 21, scan_range="chest_only")
+    assert p.ground_truth["l3_inferior_endplate_z_mm"] is None
+    result = locate_l3(p.volume, RIBS)
+    assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
+
+
+def test_vertebrae_are_reported_with_names_and_z_ranges():
+    p = _phantom("normal", 11)
+    result = locate_l3(p.volume, RIBS)
+    names = [v.name for v in result.vertebrae]
+    assert {"T12", "L1", "L2", "L3", "L4", "L5"} <= set(names)
+    l3 = result.vertebrae[names.index("L3")]
+    assert l3.z_inferior_mm == pytest.approx(result.z_mm)
+    assert all(v.z_superior_mm > v.z_inferior_mm for v in result.vertebrae)
+    truth = p.ground_truth["vertebrae"]
+    for name in ("L1", "L2", "L4"):
+        assert abs(result.vertebrae[names.index(name)].z_inferior_mm - truth[name]["z_inferior_mm"]) < 10
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _flat_volume() -> Volume:
+    return Volume(np.zeros((10, 4, 4), np.float32), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def test_score_case_uses_slice_distance_and_not_in_view_rule():
+    from l3node.analysis.locate_l3 import L3Location
+
+    volume = _flat_volume()
+    found = L3Location(L3Status.FOUND, 9.9, 5, 0.9, Variant.NORMAL, "test")
+    case = L3Case("a", lambda: volume, 4.1, "normal")
+    scored = score_case(case, volume, found)
+    assert scored.error_mm == pytest.approx(6.0)  # slices 2 and 5, 2 mm apart
+    assert scored.success and scored.variant_correct
+    absent = L3Location(L3Status.NOT_IN_FIELD_OF_VIEW, None, None, 0.8, Variant.UNKNOWN, "test")
+    assert score_case(L3Case("b", lambda: volume, None), volume, absent).success
+    assert not score_case(L3Case("c", lambda: volume, 4.0), volume, absent).success
+    assert not score_case(L3Case("d", lambda: volume, None), volume, found).success
+
+
+def test_evaluate_writes_table_csv_and_box_plot(tmp_path):
+    p = _phantom("normal", 11)
+    truth = p.ground_truth
+    cases = [L3Case("normal-11", lambda: p.volume, truth["l3_inferior_endplate_z_mm"], truth["variant_class"])]
+    evaluation = evaluate_l3(cases)
+    paths = evaluation.write(tmp_path)
+    table = paths["markdown"].read_text()
+    assert "| all | 1 |" in table and "| normal | 1 |" in table
+    assert paths["csv"].read_text().count("\n") == 2
+    assert paths["box_plot"].stat().st_size > 1000
