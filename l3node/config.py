@@ -113,8 +113,9 @@ class AnalysisConfig(_Model):
     fat_hu: Range = Range(min=-190, max=-30)
     average_slices_mm: Annotated[float, Field(ge=0, le=20)] = 0.0
     variant_convention: Literal["count_from_sacrum", "count_from_ribs"] = Field(
-        default="count_from_sacrum",
-        description="which count names L3 when rib and sacrum counts disagree",
+        default="count_from_ribs",
+        description="which count names L3 when rib and sacrum counts disagree; the paper's radiologists "
+        "counted from the thoracic spine and ribs",
     )
     cutoff_set: Literal["martin2013", "prado2008", "asian"] = "martin2013"
     weights_dir: Path = Path("weights")

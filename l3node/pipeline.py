@@ -181,7 +181,7 @@ def _analyse_first_usable(
     one; with ``all`` every usable series is analysed.
     """
     analysed: list[_Analysed] = []
-    not_in_view: list[StudyDeclined] = []
+    unlocated: list[StudyDeclined] = []
     for series_uid in candidates:
         try:
             with watch.stage("load_volume"):
@@ -201,7 +201,12 @@ def _analyse_first_usable(
                  confidence=round(l3.confidence, 3), variant=l3.variant.value)
         if l3.status is L3Status.NOT_IN_FIELD_OF_VIEW:
             rejected[series_uid] = "l3_not_in_field_of_view: " + (l3.method or "")
-            not_in_view.append(StudyDeclined("l3_not_in_field_of_view", l3.method or "L3 is outside the scan"))
+            unlocated.append(StudyDeclined("l3_not_in_field_of_view", l3.method or "L3 is outside the scan"))
+            continue
+        if l3.slice_index is None or l3.z_mm is None:
+            # Nothing to count from (e.g. a short crop of the spine): never guess a slice.
+            rejected[series_uid] = "l3_not_identified: " + (l3.method or "no vertebral level could be named")
+            unlocated.append(StudyDeclined("l3_not_identified", l3.method or "no vertebral level could be named"))
             continue
         analysed.append(_Analysed(series_uid, ordered, volume, l3))
         rejected.pop(series_uid, None)  # a fallback series was listed as "not the best"
@@ -209,8 +214,8 @@ def _analyse_first_usable(
             break
     if analysed:
         return analysed
-    if not_in_view:
-        raise not_in_view[0]
+    if unlocated:
+        raise unlocated[0]
     raise StudyDeclined("no_usable_series", "; ".join(f"{u[-12:]}: {r}" for u, r in rejected.items()))
 
 
@@ -254,7 +259,7 @@ def _measure_and_write(
 ) -> dict:
     """Segment, measure and write the three DICOM objects of one analysed series."""
     l3, volume = item.l3, item.volume
-    assert l3.slice_index is not None  # found/uncertain always carry a slice
+    assert l3.slice_index is not None  # checked in _analyse_first_usable
     source = item.datasets[l3.slice_index]
     with watch.stage("segment"):
         labels, hu_plane = segment_at_l3(volume, l3.slice_index, config.analysis)
