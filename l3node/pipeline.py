@@ -226,7 +226,9 @@ def _write_results(
     output_files: list[Path] = []
     series_results = []
     for item in analysed:
-        series_results.append(_measure_and_write(item, config, algorithm, out_dir, output_files, watch))
+        # The first (best) series writes seg.dcm, sr.dcm, overlay.dcm; others add _1, _2, ...
+        suffix = f"_{len(series_results)}" if series_results else ""
+        series_results.append(_measure_and_write(item, config, algorithm, out_dir, suffix, output_files, watch))
     first = series_results[0]
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -254,6 +256,7 @@ def _measure_and_write(
     config: Config,
     algorithm: AlgorithmInfo,
     out_dir: Path,
+    suffix: str,
     output_files: list[Path],
     watch: _Stopwatch,
 ) -> dict:
@@ -268,7 +271,6 @@ def _measure_and_write(
         measurements = measure(hu_plane, labels, volume.pixel_area_mm2, patient, config.analysis)
     source_labels = volume.to_source_pixels(labels)
     source_hu = volume.to_source_pixels(hu_plane)
-    suffix = "" if not output_files else f"_{len(output_files) // 3}"
     outputs: dict[str, dict] = {}
     with watch.stage("write_outputs"):
         if config.outputs.seg.enabled or config.outputs.sr.enabled:

@@ -1,0 +1,121 @@
+"""Series geometry: what stacks into a volume, what is refused and why, and orientation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from l3node.analysis.volume import check_geometry, read_nifti, volume_from_datasets, volume_from_files
+from l3node.errors import SeriesRejected
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _slice(k: int, z: float, iop=(1, 0, 0, 0, 1, 0), origin=(-50.0, -40.0), size=(8, 10)) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.ImageOrientationPatient = list(iop)
+    ds.ImagePositionPatient = [origin[0], origin[1], z]
+    ds.PixelSpacing = [0.5, 0.8]  # row spacing (y), column spacing (x)
+    ds.Rows, ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = 1
+    ds.RescaleIntercept = -1024
+    pixels = np.arange(size[0] * size[1], dtype=np.int16).reshape(size) + 1000 * k
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def _series(n: int = 5, step: float = 2.5, **kw) -> list[Dataset]:
+    return [_slice(k, -100.0 + step * k, **kw) for k in range(n)]
+
+
+def test_slices_in_any_order_stack_by_ascending_z():
+    series = _series()
+    shuffled = [series[i] for i in (3, 0, 4, 1, 2)]
+    volume = volume_from_datasets(shuffled)
+    assert volume.shape == (5, 8, 10)
+    assert volume.spacing_mm == (2.5, 0.5, 0.8)
+    assert volume.origin_mm == (-50.0, -40.0, -100.0)
+    np.testing.assert_allclose(volume.z_mm, [-100, -97.5, -95, -92.5, -90])
+    assert volume.sop_instance_uids == tuple(ds.SOPInstanceUID for ds in series)
+    assert volume.hu[2, 0, 0] == 2000 - 1024  # rescale applied, slice k=2 holds the third z
+    assert volume.slice_index_at(-95.4) == 2
+
+
+def test_flipped_rows_and_columns_are_brought_to_lps_and_back():
+    """Rows running anterior (col cosine -y) and columns running right (-x) are flipped."""
+    series = _series(iop=(-1, 0, 0, 0, -1, 0), origin=(50.0, 40.0))
+    volume = volume_from_datasets(series)
+    source = series[0].pixel_array.astype(np.float32) - 1024
+    np.testing.assert_array_equal(volume.hu[0], source[::-1, ::-1])
+    np.testing.assert_array_equal(volume.to_source_pixels(volume.hu[0]), source)
+    # voxel [0,0,0] is the most right-anterior one: x = 50 - 9*0.8, y = 40 - 7*0.5
+    assert volume.origin_mm[:2] == pytest.approx((50 - 9 * 0.8, 40 - 7 * 0.5))
+
+
+def test_files_and_datasets_give_the_same_volume(tmp_path):
+    series = _series()
+    paths = []
+    for k, ds in enumerate(series):
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        paths.append(tmp_path / f"{k}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    volume, ordered = volume_from_files(paths[::-1], headers[::-1])
+    np.testing.assert_array_equal(volume.hu, volume_from_datasets(series).hu)
+    assert [ds.SOPInstanceUID for ds in ordered] == [ds.SOPInstanceUID for ds in series]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda s: s[:1], "too_few_slices"),
+        (lambda s: s[:2] + s[3:], "missing_slices"),
+        (lambda s: s + [copy.deepcopy(s[1])], "duplicate_slices"),
+        (lambda s: s[:4] + [_slice(4, -100 + 2.5 * 3 + 2.0)], "irregular_spacing"),
+        (lambda s: s[:4] + [_slice(4, -90.0, iop=(1, 0, 0, 0, 0.9998, 0.02))], "mixed_orientation"),
+        (lambda s: [_slice(k, -100 + 2.5 * k, iop=(1, 0, 0, 0, 0, -1)) for k in range(5)], "not_axial"),
+        (lambda s: [_slice(k, -100 + 2.5 * k, iop=(1, 0, 0, 0, 0.966, -0.259)) for k in range(5)], "not_axial"),
+        (lambda s: [_slice(k, -100 + 2.5 * k, origin=(-50.0, -40.0 + 1.5 * k)) for k in range(5)], "gantry_tilt"),
+        (lambda s: s[:4] + [_slice(4, -90.0, size=(8, 12))], "mixed_matrix"),
+    ],
+    ids=["one", "gap", "duplicate", "irregular", "mixed-orientation", "coronal", "tilted-15deg", "drift",
+         "matrix"],
+)
+def test_bad_geometry_is_refused_with_a_reason(mutate, code):
+    with pytest.raises(SeriesRejected) as info:
+        check_geometry(mutate(_series()))
+    assert info.value.code == code
+    assert info.value.detail
+
+
+def test_missing_geometry_attributes_are_a_reason_not_a_crash():
+    series = _series()
+    del series[2].ImagePositionPatient
+    with pytest.raises(SeriesRejected, match="missing_geometry"):
+        check_geometry(series)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ts_example_ct").is_dir(), reason="../shared/data not present")
+def test_nifti_in_ras_and_pir_read_in_the_package_convention():
+    ras = read_nifti(SHARED_DATA / "ts_example_ct" / "ct.nii.gz")
+    assert ras.shape == (112, 101, 122)  # (k, row, col) from a 122x101x112 RAS file
+    assert ras.z_mm[0] == pytest.approx(94.3, abs=0.1) and ras.spacing_mm == (3.0, 3.0, 3.0)
+    pir = read_nifti(SHARED_DATA / "tptbox_l3_crop" / "sub-ct_label-22_ct.nii.gz")
+    assert np.all(np.diff(pir.z_mm) > 0)
+    assert pir.spacing_mm == pytest.approx((1.5, 1.5, 1.5))
