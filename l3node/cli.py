@@ -6,6 +6,7 @@
     l3node check-config config.yaml      print the configuration in effect, or every problem
     l3node status [--config FILE]        studies and sends, by state
     l3node phantom --variant V --seed N --out DIR
+    l3node train l3|seg [--phantoms-per-variant N]  train the networks (GPU when present)
     l3node evaluate l3|seg CASES...      metrics tables and plots
 """
 
@@ -78,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     phantom.add_argument("--scan-range", default=None,
                          choices=("abdomen_pelvis", "chest_abdomen_pelvis", "chest_only", "l3_edge"))
     phantom.set_defaults(func=_phantom)
+
+    train = sub.add_parser("train", help="train the L3 network or the tissue U-Net")
+    train.add_argument("task", choices=("l3", "seg"))
+    train.add_argument("--out", type=Path, default=None, help="weights folder (default: weights/l3_mip or weights/tissue_unet)")
+    train.add_argument("--phantoms-per-variant", type=int, default=24)
+    train.add_argument("--epochs", type=int, default=None, help="default: 30 for l3, 12 for seg")
+    train.add_argument("--site-data", type=Path, nargs="*", default=None,
+                       help="a site's labelled cases (NIfTI + labels), added to the phantoms")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate L3 location or segmentation")
     evaluate.add_argument("what", choices=("l3", "seg"))
@@ -170,6 +181,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         from l3node.train.evaluate_seg import main_evaluate_seg as evaluate
     return int(evaluate(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant) or 0)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from l3node.analysis.neural import WEIGHTS_DIR
+    from l3node.train.train_cli import main_train
+
+    out = args.out or WEIGHTS_DIR / ("l3_mip" if args.task == "l3" else "tissue_unet")
+    epochs = args.epochs or (30 if args.task == "l3" else 12)
+    folder = main_train(args.task, out, phantoms_per_variant=args.phantoms_per_variant, epochs=epochs,
+                        site_data=args.site_data, device=args.device)
+    print(folder)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -118,7 +118,13 @@ class AnalysisConfig(_Model):
         "counted from the thoracic spine and ribs",
     )
     cutoff_set: Literal["martin2013", "prado2008", "asian"] = "martin2013"
-    weights_dir: Path = Path("weights")
+    l3_second_opinion: bool = Field(
+        default=True, description="check the anatomy's L3 with the L3 network; disagreement lowers confidence"
+    )
+    segmentation: Literal["classical", "network"] = Field(
+        default="classical", description="HU ranges + compartment geometry, or the tissue U-Net"
+    )
+    weights_dir: Path | None = Field(default=None, description="trained models; None: the shipped weights/")
 
 
 class OutputSeries(_Model):

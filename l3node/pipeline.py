@@ -29,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from l3node import __version__
 from l3node.analysis.locate_l3 import L3Location, L3Status, locate_l3
 from l3node.analysis.measure import Measurements, measure, patient_facts_from_dataset
+from l3node.analysis.second_opinion import weigh_second_opinion
 from l3node.analysis.segment import segment_at_l3
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, volume_from_files
@@ -36,7 +37,7 @@ from l3node.config import Config
 from l3node.errors import SeriesRejected, StudyDeclined
 from l3node.logs import get_logger
 from l3node.node.select_series import select_series
-from l3node.outputs import AlgorithmInfo, load_algorithm_info, make_declined_sr, make_overlay, make_seg, make_sr
+from l3node.outputs import AlgorithmInfo, fallback_algorithm_info, load_algorithm_info, make_declined_sr, make_overlay, make_seg, make_sr
 
 log = get_logger(__name__)
 
@@ -105,11 +106,12 @@ def analyse_study(study_dir: Path, out_dir: Path, config: Config) -> StudyOutcom
     return outcome
 
 
-def warm_up() -> None:
+def warm_up(config: Config) -> None:
     """Pay one-time costs at start-up rather than on the first study.
 
     highdicom reads its tables of the DICOM standard (about 0.6 s) the first time an
-    object is built; the node calls this before it accepts associations.
+    object is built, and torch models load once per process; the node calls this
+    before it accepts associations. A model that cannot load is reported at its first use.
     """
     try:
         from highdicom import _standard_utils  # private, hence the guard
@@ -118,6 +120,36 @@ def warm_up() -> None:
         _standard_utils.get_iod_module_map()
     except (ImportError, AttributeError):  # a highdicom without them simply pays later
         pass
+    from l3node.analysis.neural import ModelError, preload
+
+    wanted = [("l3", "l3_mip")] if config.analysis.l3_second_opinion else []
+    if config.analysis.segmentation == "network":
+        wanted.append(("seg", "tissue_unet"))
+    for task, name in wanted:
+        try:
+            preload(task, weights_dir(config) / name, config.analysis.device)
+        except ModelError as exc:
+            log.warning("model_unavailable", model=name, error=str(exc))
+
+
+def weights_dir(config: Config) -> Path:
+    """The folder of trained models: the configured one, or the weights/ shipped with l3node."""
+    from l3node.analysis.neural import WEIGHTS_DIR
+
+    return Path(config.analysis.weights_dir) if config.analysis.weights_dir else WEIGHTS_DIR
+
+
+def segmentation_algorithm(config: Config) -> AlgorithmInfo:
+    """How the tissues were segmented, for SEG and SR (the network's manifest, or the rules).
+
+    Raises
+    ------
+    ValueError
+        If the network is configured but its manifest is unreadable.
+    """
+    if config.analysis.segmentation == "network":
+        return load_algorithm_info(weights_dir(config), "tissue_unet")
+    return fallback_algorithm_info()
 
 
 def read_headers(study_dir: Path, rejected: dict[str, str]) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
@@ -197,6 +229,8 @@ def _analyse_first_usable(
             continue
         with watch.stage("locate_l3"):
             l3 = locate_l3(volume, config.analysis)
+            if config.analysis.l3_second_opinion:
+                l3 = weigh_second_opinion(l3, volume, weights_dir(config), config.analysis.device)
         log.info("l3_located", series_uid=series_uid, status=l3.status.value, z_mm=l3.z_mm,
                  confidence=round(l3.confidence, 3), variant=l3.variant.value)
         if l3.status is L3Status.NOT_IN_FIELD_OF_VIEW:
@@ -222,7 +256,7 @@ def _analyse_first_usable(
 def _write_results(
     analysed: list[_Analysed], config: Config, out_dir: Path, rejected: dict[str, str], watch: _Stopwatch
 ) -> StudyOutcome:
-    algorithm = load_algorithm_info(config.analysis.weights_dir)
+    algorithm = segmentation_algorithm(config)
     output_files: list[Path] = []
     series_results = []
     for item in analysed:
@@ -265,7 +299,14 @@ def _measure_and_write(
     assert l3.slice_index is not None  # checked in _analyse_first_usable
     source = item.datasets[l3.slice_index]
     with watch.stage("segment"):
-        labels, hu_plane = segment_at_l3(volume, l3.slice_index, config.analysis)
+        if config.analysis.segmentation == "network":
+            from l3node.analysis.neural import predict_tissues  # torch is imported only here
+
+            hu_plane = volume.hu[l3.slice_index]
+            labels = predict_tissues(hu_plane, volume.spacing_mm[1:], folder=weights_dir(config) / "tissue_unet",
+                                     device=config.analysis.device)
+        else:
+            labels, hu_plane = segment_at_l3(volume, l3.slice_index, config.analysis)
     with watch.stage("measure"):
         patient = patient_facts_from_dataset(source)
         measurements = measure(hu_plane, labels, volume.pixel_area_mm2, patient, config.analysis)
@@ -316,7 +357,7 @@ def _decline(
     if config.outputs.declined_report and images:
         with watch.stage("write_outputs"):
             try:
-                algorithm = load_algorithm_info(config.analysis.weights_dir)
+                algorithm = segmentation_algorithm(config)
                 sr = make_declined_sr(_one_series(images), declined.code, declined.detail, config.outputs, algorithm)
                 outputs["declined_sr"] = _save(sr, out_dir / "declined_sr.dcm", output_files)
             except Exception as exc:  # a header too broken to reference: still decline cleanly

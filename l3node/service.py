@@ -97,7 +97,7 @@ class Node:
         if self.analyse is _default_analyse:
             from l3node.pipeline import warm_up
 
-            warm_up()
+            warm_up(self.config)
         self.receiver.start()
         for name, loop in (("worker", self._worker_loop), ("sender", self._sender_loop)):
             thread = threading.Thread(target=loop, name=f"l3node-{name}", daemon=True)
