@@ -99,8 +99,8 @@ class Node:
 
             warm_up(self.config)
         self.receiver.start()
-        for name, loop in (("worker", self._worker_loop), ("sender", self._sender_loop)):
-            thread = threading.Thread(target=loop, name=f"l3node-{name}", daemon=True)
+        for name, step in (("worker", self.worker_step), ("sender", self.sender_step)):
+            thread = threading.Thread(target=self._run_loop, args=(name, step), name=f"l3node-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info("node_started", ae_title=self.config.node.ae_title, port=self.receiver.port)
@@ -149,16 +149,18 @@ class Node:
         for ref in self.audit.in_state("analysed"):
             self._finalize_if_settled(ref)
 
-    # -- worker --------------------------------------------------------------------
-    def _worker_loop(self) -> None:
+    def _run_loop(self, name: str, step) -> None:
+        """Call ``step`` until stopped; idle for ``poll_s`` when it found nothing to do."""
         while not self._stop.is_set():
             try:
-                worked = self.worker_step()
+                worked = step()
             except Exception as exc:  # noqa: BLE001 - the loop must survive; the cause is logged
-                log.exception("worker_error", error=repr(exc))
+                log.exception(f"{name}_error", error=repr(exc))
                 worked = False
             if not worked:
                 self._stop.wait(self.poll_s)
+
+    # -- worker --------------------------------------------------------------------
 
     def purge_done(self, now: float | None = None) -> int:
         """Delete the spool and results of rounds ``done``/``declined`` longer than
@@ -294,15 +296,6 @@ class Node:
         log.info("study_finished", study_uid=ref.study_uid, round=ref.round, state=state, reason=reason[:300])
 
     # -- sender --------------------------------------------------------------------
-    def _sender_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.sender_step()
-            except Exception as exc:  # noqa: BLE001 - the loop must survive; the cause is logged
-                log.exception("sender_error", error=repr(exc))
-                worked = False
-            if not worked:
-                self._stop.wait(self.poll_s)
 
     def sender_step(self) -> bool:
         """Send every due batch (one association / request per destination and study)."""
