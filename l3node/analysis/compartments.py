@@ -1,0 +1,266 @@
+"""Muscle compartments of one axial slice: the patient's muscle HU, organs and fluid that
+are not muscle, psoas and quadratus lumborum beside the spine, and where fat is IMAT.
+
+Slices are ``(row, col)`` in the convention of :mod:`l3node.analysis.volume`;
+sizes are in mm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from l3node.analysis.body_wall import MUSCLE, PARASPINAL_HALF_WIDTH_MM
+from l3node.analysis.spine_plane import SpinePlane
+
+__all__ = [
+    "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "back_muscle_hu", "imat_compartment",
+    "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "smoothed_hu",
+]
+
+GAS_HU = -400.0
+"""Bowel gas; fat-range pixels within GAS_MARGIN_MM of it are partial volume or stool."""
+GAS_MARGIN_MM = 3.0
+ORGAN_DELTA_HU = 12.0
+"""Smoothed soft tissue this much brighter than the back muscles is an organ (liver, spleen)."""
+FLUID_DELTA_HU = 20.0
+"""Smoothed soft tissue this much darker than the back muscles is fluid (bowel content), not psoas."""
+FASCIA_BAND_MM = 6.0
+"""Depth below the fascia sampled for the patient's own muscle HU."""
+
+# Psoas, quadratus lumborum, IMAT.
+PSOAS_REACH_MM = 70.0
+"""Psoas, quadratus lumborum and crura are collected up to this far from the vertebra
+(the quadratus lumborum's lateral edge lies 5-7 cm out; 40 mm cut it in half)."""
+PSOAS_MEDIAL_FRACTION = 0.7
+"""In front of the middle of the vertebra, psoas lies further from the midline than this
+fraction of the vertebral body's half width (aorta and IVC lie nearer)."""
+PSOAS_FRONT_MM = 3.0
+"""Muscle components may reach this far in front of the vertebral body (bowel lies further)."""
+IMAT_POCKET_MAX_MM2 = 500.0
+"""Fat enclosed by muscle in pockets up to this size is IMAT; larger is a cavity (VAT)."""
+
+
+def muscle_reference_hu(hu: np.ndarray, classes: np.ndarray, fascia_band: np.ndarray) -> float | None:
+    """The patient's own muscle HU: upper quartile of muscle-range pixels just inside the fascia.
+
+    Those are muscle on nearly every ray; thin wall muscle is diluted by fat at its
+    edges, hence the upper quartile rather than the median.
+
+    Parameters
+    ----------
+    hu:
+        2D slice in HU.
+    classes:
+        Pixel classes of :func:`~l3node.analysis.body_wall.classify`.
+    fascia_band:
+        Pixels within ``FASCIA_BAND_MM`` inside the fascia.
+
+    Returns
+    -------
+    float or None
+        None when fewer than 20 muscle-range pixels lie in the band.
+    """
+    reference = classes[fascia_band] == MUSCLE
+    if reference.sum() < 20:
+        return None
+    return float(np.percentile(hu[fascia_band][reference], 75))
+
+
+def back_muscle_hu(smooth: np.ndarray, muscle_hu: np.ndarray, spine: SpinePlane, pixel_mm: tuple[float, float]) -> float | None:
+    """Median smoothed HU of the back muscles (behind the vertebra, near the midline), away from their edges.
+
+    Parameters
+    ----------
+    smooth:
+        :func:`smoothed_hu` of the slice.
+    muscle_hu:
+        Muscle-range pixels inside the fascia.
+    spine:
+        The vertebra.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    float or None
+        None when less than 3 cm^2 of back muscle core is found.
+    """
+    rows = np.arange(muscle_hu.shape[0])[:, None]
+    cols = np.arange(muscle_hu.shape[1])[None, :]
+    back = (rows > spine.centre[0]) & (np.abs(cols - spine.centre[1]) * pixel_mm[1] <= PARASPINAL_HALF_WIDTH_MM)
+    core = ndi.binary_erosion(muscle_hu & back & ~spine.bone, iterations=max(1, int(round(3.0 / min(pixel_mm)))))
+    if core.sum() * pixel_mm[0] * pixel_mm[1] < 300.0:
+        return None
+    return float(np.median(smooth[core]))
+
+
+def smoothed_hu(hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """HU averaged over about 5 mm: single pixels of muscle, liver and fluid overlap in HU, means do not.
+
+    Parameters
+    ----------
+    hu:
+        2D slice in HU.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        The mean of HU clipped to ``[-200, 300]`` over an odd window of about 5 mm.
+    """
+    size = max(3, int(round(5.0 / min(pixel_mm))) | 1)
+    return ndi.uniform_filter(np.clip(hu, -200, 300), size=size)
+
+
+def organs_and_fluid(
+    hu: np.ndarray,
+    muscle_hu: np.ndarray,
+    inside: np.ndarray,
+    spine: SpinePlane | None,
+    wall_ref_hu: float,
+    pixel_mm: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft tissue that is not muscle: organs brighter than it, fluid darker than it.
+
+    Single pixels of muscle, liver and fluid overlap in HU; their means over about
+    5 mm (:func:`smoothed_hu`) do not. The reference is the back muscles' smoothed
+    HU (:func:`back_muscle_hu`), neither diluted by fat like a thin wall nor raised
+    by an organ in the wall band like ``wall_ref_hu``; ``wall_ref_hu`` stands in
+    when the back muscles are not found. Behind the vertebra near the midline lie
+    only back muscles: nothing there is an organ or fluid.
+
+    Parameters
+    ----------
+    hu:
+        2D slice in HU.
+    muscle_hu:
+        Muscle-range pixels inside the fascia.
+    inside:
+        Pixels inside the fascia.
+    spine:
+        The vertebra, if found.
+    wall_ref_hu:
+        :func:`muscle_reference_hu` of the slice.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(stops_wall, not_muscle)``: organ pixels that end the wall walk, and organ
+        or fluid pixels never collected as psoas or quadratus lumborum.
+    """
+    zone = inside.copy()
+    back_ref = None
+    smooth = smoothed_hu(hu, pixel_mm)
+    if spine is not None:
+        back_rows = slice(int(np.ceil(spine.centre[0])), None)
+        cols = np.abs(np.arange(hu.shape[1]) - spine.centre[1]) * pixel_mm[1] <= PARASPINAL_HALF_WIDTH_MM
+        zone[back_rows, cols] = False
+        back_ref = back_muscle_hu(smooth, muscle_hu, spine, pixel_mm)
+    reference = back_ref if back_ref is not None else wall_ref_hu
+    bright = zone & (smooth > reference + ORGAN_DELTA_HU)
+    # The smoothing spreads an organ by half its window over the wall muscle against
+    # it; at the organ's rim only pixels bright themselves are organ.
+    stops_wall = bright & (ndi.binary_erosion(bright) | (hu > reference + ORGAN_DELTA_HU))
+    # Psoas and crura are denser than fatty back muscles: beside the spine an organ
+    # must be brighter than the wall's upper quartile too.
+    organ = stops_wall & (smooth > max(reference, wall_ref_hu) + ORGAN_DELTA_HU)
+    fluid = zone & (smooth < reference - FLUID_DELTA_HU)
+    return stops_wall, organ | fluid
+
+
+def muscle_compartments(
+    muscle_hu: np.ndarray, wall: np.ndarray, spine: SpinePlane | None, not_muscle: np.ndarray, pixel_mm: tuple[float, float]
+) -> np.ndarray:
+    """Muscle-range pixels of the wall, plus psoas, quadratus lumborum and crura.
+
+    Those lie beside and behind the vertebral body: muscle-range components (after
+    an opening that cuts thin contacts with organs) behind the front of the
+    vertebral body that touch the vertebra, or touch the wall muscle in the
+    posterior half of the body. Aorta, IVC and bowel lie in front of the vertebra.
+
+    Parameters
+    ----------
+    muscle_hu:
+        Muscle-range pixels inside the fascia.
+    wall:
+        The muscle wall band (fascia to the wall's inner boundary).
+    spine:
+        The vertebra; without it only the wall is returned.
+    not_muscle:
+        Organ and fluid pixels (:func:`organs_and_fluid`).
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        Skeletal muscle pixels.
+    """
+    muscle = muscle_hu & wall
+    if spine is None:
+        return muscle
+    muscle &= ~spine.bone
+    rows = np.arange(muscle_hu.shape[0])[:, None]
+    posterior = np.broadcast_to(rows >= spine.front_row - PSOAS_FRONT_MM / pixel_mm[0], muscle_hu.shape)
+    reach = ndi.distance_transform_edt(~spine.bone, sampling=pixel_mm)
+    # In front of the middle of the vertebra only pixels beside the vertebral body
+    # can be psoas; aorta and IVC lie in front of the body, touching it.
+    cols = np.arange(muscle_hu.shape[1])[None, :]
+    beside = (np.abs(cols - spine.centre[1]) >= PSOAS_MEDIAL_FRACTION * spine.body_half_width_px) | (rows >= spine.centre[0])
+    candidates = muscle_hu & posterior & beside & ~wall & ~spine.bone & ~not_muscle & (reach <= PSOAS_REACH_MM)
+    opened = ndi.binary_opening(candidates, iterations=max(1, int(round(2.0 / min(pixel_mm)))))
+    labelled, n = ndi.label(opened)
+    if n == 0:
+        return muscle
+    index = np.arange(1, n + 1)
+    median_row = ndi.median(np.broadcast_to(rows, muscle_hu.shape), labelled, index)
+    touches_bone = ndi.maximum(reach <= 4.0 + max(pixel_mm), labelled, index).astype(bool)
+    touches_wall = ndi.maximum(ndi.binary_dilation(muscle, iterations=1), labelled, index).astype(bool)
+    keep = np.zeros(n + 1, bool)
+    # Muscle islands that touch neither are not collected: behind the vertebra's
+    # middle they are as often a kidney's posterior half as a quadratus lumborum
+    # (tried: matching the back muscles' mean HU within 3 HU still took a kidney
+    # at L2 of the real CT for 8 cm²).
+    keep[1:] = (touches_bone & (median_row >= spine.front_row)) | ((median_row >= spine.centre[0]) & touches_wall)
+    grown = keep[labelled]
+    # Give back the pixels the opening removed at the borders of kept components.
+    grown = ndi.binary_dilation(grown, iterations=1) & candidates
+    return muscle | grown
+
+
+def imat_compartment(muscle: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Where fat is IMAT: between muscle pixels that a one-pixel closing bridges, and in
+    pockets enclosed by muscle.
+
+    The abdominal cavity is enclosed by the wall too; only pockets smaller than
+    ``IMAT_POCKET_MAX_MM2`` count. The wall band as a whole is not IMAT: fat on its
+    inner edge (extraperitoneal) or outer edge (fascia jitter) is not inside muscle,
+    and the phantom's truth (compartment within the fat HU range) counted it as VAT
+    or SAT, which took IMAT Dice from 0.82 to 0.88 and CSA error from 26 % to 5 %.
+
+    Parameters
+    ----------
+    muscle:
+        Skeletal muscle pixels.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        Pixels where fat-range HU is IMAT.
+    """
+    closed = ndi.binary_closing(muscle, iterations=1) | muscle
+    holes = ndi.binary_fill_holes(closed) & ~closed
+    labelled, n = ndi.label(holes)
+    pockets = np.zeros_like(muscle)
+    if n:
+        areas = np.bincount(labelled.ravel())[1:] * pixel_mm[0] * pixel_mm[1]
+        pockets = np.concatenate([[False], areas <= IMAT_POCKET_MAX_MM2])[labelled]
+    # Fat between muscle pixels that the closing bridged is IMAT as well.
+    return (closed | pockets) & ndi.binary_dilation(muscle | pockets, iterations=1)
+

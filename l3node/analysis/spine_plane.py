@@ -1,0 +1,227 @@
+"""The vertebra on one axial slice: bone, disc, cancellous bone and canal.
+
+Used by the tissue segmentation to keep bone out of muscle, to find psoas and
+quadratus lumborum beside the vertebral body, and to keep fat around the spine
+out of VAT. Slices are ``(row, col)`` in the convention of
+:mod:`l3node.analysis.volume`; sizes are in mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["BONE_HU", "SpinePlane", "around_spine", "find_vertebra"]
+
+BONE_HU = 150.0
+"""Cortical and cancellous bone of the vertebra; also the top of the muscle range."""
+CANCELLOUS_HU = 70.0
+"""Smoothed HU above this, connected to the vertebra, is bone or disc, not muscle ..."""
+DENSE_PIXEL_HU = 60.0
+"""... if the pixel itself is above this too (muscle beside cortex is bright only once smoothed)."""
+VERTEBRA_GATHER_MM = 30.0
+"""Bone pieces this close to the largest one, and in line with it, belong to the same vertebra."""
+DISC_GATHER_MM = 60.0
+"""A disc blob is looked for this close to the vertebra's bone ..."""
+DISC_MIN_MM2 = 600.0
+"""... at least this large ..."""
+DISC_OFFSET_MM = 12.0
+"""... centred within this of the vertebra's midline (the aorta lies further out) ..."""
+DISC_MAX_HU = 130.0
+"""... and at most this bright once smoothed (enhanced vessels are brighter)."""
+CANAL_CLOSING_MM = 8.0
+"""Gaps in the neural arch narrower than about twice this are bridged to find the canal."""
+CANAL_HALF_WIDTH_MM = 8.0
+"""Columns this close to the midline are searched for a canal between body and arch ..."""
+CANAL_DEPTH_MM = 30.0
+"""... bounded in front and behind by the vertebra no further apart than this ..."""
+BODY_DEPTH_MIN_MM = 20.0
+"""The canal starts at least this far behind the front of the vertebra."""
+CANAL_WIDTH_MM = 30.0
+"""... or, in a row, bounded by bone on both sides no further apart than this."""
+SPINE_FAT_MM = 5.0
+"""Fat behind the middle of the vertebra and this close to it is not visceral."""
+
+
+@dataclass(frozen=True, eq=False)
+class SpinePlane:
+    """The vertebra on one slice: its mask and the extent of its body (pixel units)."""
+
+    bone: np.ndarray
+    """Bone, disc, cancellous bone and canal: never muscle."""
+    centre: tuple[float, float]
+    """``(row, col)`` median of ``bone``."""
+    front_row: float
+    """Anterior edge of the vertebral body."""
+    half_width_px: float
+    """Half width with the transverse processes."""
+    body_half_width_px: float
+    """Half width of the vertebral body (or disc) alone."""
+
+
+def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float]) -> SpinePlane | None:
+    """The vertebra with its cancellous bone, disc and canal.
+
+    The largest bone piece and the pieces in line with it; dense tissue touching
+    them (cancellous bone and disc, judged on a smoothed image); a disc seen apart
+    from its arch; and what closings of the arch enclose or what lies between body
+    and arch near the midline (the canal).
+
+    Parameters
+    ----------
+    hu:
+        2D slice in HU, outside the fascia set to air so ribs and arms are not found.
+    bone:
+        Pixels at or above the bone threshold inside the fascia.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    SpinePlane or None
+        None when no bone piece is as large as a vertebra (2 cm^2).
+    """
+    vertebra = _vertebra_bone(bone, pixel_mm)
+    if vertebra is None:
+        return None
+    front_bone = np.nonzero(vertebra)[0].min()
+    # Disc and osteoporotic cancellous bone fall below BONE_HU; on a smoothed image
+    # they stay above muscle. Dense tissue touching the vertebra, not in front of
+    # its bone (an enhanced aorta lies there), is added.
+    size = max(3, int(round(5.0 / min(pixel_mm))) | 1)
+    smooth = ndi.uniform_filter(np.clip(hu, -200, 1000), size=size)
+    rows = np.arange(hu.shape[0])[:, None]
+    # Muscle next to cortex is bright once smoothed; it must be dense itself too.
+    dense = ((smooth > CANCELLOUS_HU) & (hu > DENSE_PIXEL_HU) & (rows >= front_bone)) | vertebra
+    dense &= ndi.distance_transform_edt(~vertebra, sampling=pixel_mm) <= VERTEBRA_GATHER_MM
+    dense_labels, _ = ndi.label(dense)
+    region = np.isin(dense_labels, np.unique(dense_labels[vertebra]))
+    # A slice through the disc may show it apart from the neural arch (epidural
+    # fat between): a disc-sized blob of disc HU in line with the vertebra.
+    disc_like = (smooth > CANCELLOUS_HU) & (smooth <= DISC_MAX_HU) & (hu > DENSE_PIXEL_HU)
+    disc_like &= ndi.distance_transform_edt(~vertebra, sampling=pixel_mm) <= DISC_GATHER_MM
+    disc_labels, n_disc = ndi.label(disc_like)
+    if n_disc:
+        index = np.arange(1, n_disc + 1)
+        areas = np.bincount(disc_labels.ravel())[1:] * pixel_mm[0] * pixel_mm[1]
+        cols = ndi.mean(np.broadcast_to(np.arange(hu.shape[1]), hu.shape), disc_labels, index)
+        centred = np.abs(cols - np.nonzero(vertebra)[1].mean()) * pixel_mm[1] <= DISC_OFFSET_MM
+        keep = np.concatenate([[False], (areas >= DISC_MIN_MM2) & centred])
+        region |= keep[disc_labels]
+    # Cancellous bone inside a broken cortex, and the spinal canal, are what a
+    # closing encloses; the closing's own bridges are not added (psoas lies in
+    # the concavities it would fill).
+    for closing_mm in (5.0, CANAL_CLOSING_MM):
+        closed = ndi.binary_closing(region, iterations=max(1, int(round(closing_mm / min(pixel_mm))))) | region
+        region |= ndi.binary_fill_holes(closed) & ~closed
+    region |= _canal(region, pixel_mm)
+    vr, vc = np.nonzero(region)
+    centre = (float(np.median(vr)), float(np.median(vc)))
+    front = _body_front(region, centre[0])
+    half_width = float(np.percentile(np.abs(vc - centre[1]), 90))
+    body_rows = (vr >= front) & (vr <= (front + centre[0]) / 2)
+    body_half_width = float(np.percentile(np.abs(vc[body_rows] - centre[1]), 95)) if body_rows.any() else half_width
+    return SpinePlane(region, centre, front, half_width, body_half_width)
+
+
+def _canal(region: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """The spinal canal where the neural arch is open on this slice.
+
+    Near the midline, a column that meets the vertebra, then a gap, then the
+    vertebra again (body in front, lamina or spinous process behind) crosses the
+    canal; so does a row whose gap between the two pedicles or laminae contains
+    the midline and is no wider than a canal. Dura and CSF are muscle-range; the
+    multifidus lies beside the spinous process, in gaps that leave the midline
+    on bone, and is not filled.
+    """
+    canal = np.zeros_like(region)
+    vr, vc = np.nonzero(region)
+    if len(vc) == 0:
+        return canal
+    midline = int(round(float(np.median(vc))))
+    half = int(np.floor(CANAL_HALF_WIDTH_MM / pixel_mm[1]))
+    # The canal lies behind the vertebral body, never beside or in front of it.
+    first = int(vr.min()) + int(np.ceil(BODY_DEPTH_MIN_MM / pixel_mm[0]))
+    for col in range(max(0, midline - half), min(region.shape[1], midline + half + 1)):
+        canal[first:, col] = _gaps(region[first:, col], CANAL_DEPTH_MM / pixel_mm[0])
+    for row in range(first, region.shape[0]):
+        gaps = _gaps(region[row], CANAL_WIDTH_MM / pixel_mm[1])
+        if gaps[midline]:
+            left = midline - int(np.argmin(gaps[midline::-1]))
+            right = midline + int(np.argmin(gaps[midline:]))
+            canal[row, left + 1 : right] = True
+    return canal
+
+
+def _gaps(line: np.ndarray, max_len: float) -> np.ndarray:
+    """Runs of False between two True samples of ``line``, at most ``max_len`` long."""
+    filled = np.zeros_like(line)
+    hits = np.nonzero(line)[0]
+    for a, b in zip(hits[:-1], hits[1:]):
+        if 1 < b - a <= max_len + 1:
+            filled[a + 1 : b] = True
+    return filled
+
+
+def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray | None:
+    """Bone pixels of the vertebra: the largest bone piece and the pieces beside or behind it.
+
+    Body, pedicles and processes fall apart into pieces on a slice through an
+    endplate or a thin cortex; those are gathered. Pieces in front of the largest
+    one (an enhanced aorta) and far to the side (ribs) are left out.
+    """
+    closed = ndi.binary_fill_holes(ndi.binary_closing(bone, iterations=max(1, int(round(3.0 / min(pixel_mm))))))
+    labelled, n = ndi.label(closed)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    best = int(np.argmax(sizes))
+    if sizes[best] * pixel_mm[0] * pixel_mm[1] < 200.0:  # < 2 cm^2: a rib, not a vertebra
+        return None
+    near_best = ndi.distance_transform_edt(labelled != best, sampling=pixel_mm) <= VERTEBRA_GATHER_MM
+    pieces = np.unique(labelled[near_best & (labelled > 0)])
+    grid_rows, grid_cols = np.indices(bone.shape)
+    cols_of = ndi.mean(grid_cols, labelled, index=pieces)
+    rows_of = ndi.mean(grid_rows, labelled, index=pieces)
+    best_rows, best_cols = np.nonzero(labelled == best)
+    pieces = pieces[(np.abs(cols_of - best_cols.mean()) * pixel_mm[1] <= VERTEBRA_GATHER_MM) & (rows_of >= best_rows.min())]
+    return np.isin(labelled, pieces)
+
+
+def _body_front(region: np.ndarray, centre_row: float) -> float:
+    """Anterior edge of the vertebral body: the first row at least 60 % as wide as the body.
+
+    A vessel pressed on the front of the body (aorta, IVC) is narrower and is skipped.
+    """
+    widths = region.sum(axis=1)
+    rows = np.arange(len(widths))
+    anterior = rows <= centre_row
+    if not widths[anterior].any():
+        return float(np.nonzero(widths)[0].min())
+    wide = anterior & (widths >= 0.6 * widths[anterior].max())
+    return float(rows[wide].min())
+
+
+def around_spine(spine: SpinePlane, inside: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Fat posterior to the vertebral body (spinal canal, paraspinal), not visceral.
+
+    Parameters
+    ----------
+    spine:
+        The vertebra of the slice.
+    inside:
+        Pixels inside the fascia.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        Pixels inside, behind the vertebra's centre row and within ``SPINE_FAT_MM`` of it.
+    """
+    rows = np.arange(inside.shape[0])[:, None]
+    behind = np.broadcast_to(rows >= spine.centre[0], inside.shape)
+    reach = ndi.distance_transform_edt(~spine.bone, sampling=pixel_mm) <= SPINE_FAT_MM
+    return inside & behind & reach
+
