@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from l3node.analysis.segment import body_mask, segment_at_l3, segment_slice
-from l3node.analysis.spine_plane import find_vertebra
+from l3node.analysis.slice_vertebra import find_vertebra
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig

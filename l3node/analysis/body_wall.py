@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from l3node.analysis.spine_plane import SpinePlane
+from l3node.analysis.slice_vertebra import SpinePlane
 from l3node.config import AnalysisConfig
 
 __all__ = [

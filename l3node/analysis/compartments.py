@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from l3node.analysis.body_wall import MUSCLE, PARASPINAL_HALF_WIDTH_MM
-from l3node.analysis.spine_plane import SpinePlane
+from l3node.analysis.slice_vertebra import SpinePlane
 
 __all__ = [
     "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "back_muscle_hu", "imat_compartment",

@@ -12,7 +12,7 @@ lives in the module named. The steps of :func:`segment_slice`:
    subcutaneous fat ends at the first soft-tissue run thicker than a septum.
    Radii that leave their angular neighbours' median are replaced by it.
    Everything inside is "inside".
-3. Vertebra (:func:`~l3node.analysis.spine_plane.find_vertebra`) -- bone pieces,
+3. Vertebra (:func:`~l3node.analysis.slice_vertebra.find_vertebra`) -- bone pieces,
    cancellous bone and disc, and the spinal canal (enclosed by the arch, or between
    body and arch near the midline).
 4. Organs and fluid (:func:`~l3node.analysis.compartments.organs_and_fluid`) --
@@ -68,7 +68,7 @@ from l3node.analysis.compartments import (
     muscle_reference_hu,
     organs_and_fluid,
 )
-from l3node.analysis.spine_plane import BONE_HU, around_spine, find_vertebra
+from l3node.analysis.slice_vertebra import BONE_HU, around_spine, find_vertebra
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume
 from l3node.config import AnalysisConfig
