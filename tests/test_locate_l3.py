@@ -10,7 +10,7 @@ import pytest
 from l3node.analysis.locate_l3 import L3Status, Variant, inferior_endplate_z_from_labels, locate_l3
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig
-from l3node.train.evaluate_l3 import L3Case, evaluate_l3, score_case
+from l3node.train.evaluate_l3 import L3Case, case_from_folder, evaluate_l3, main_evaluate_l3, score_case
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RIBS = AnalysisConfig(variant_convention="count_from_ribs")
@@ -123,11 +123,64 @@ def test_convention_picks_the_sacrum_count_when_asked():
     assert abs(by_sacrum.z_mm - by_ribs.z_mm) > 15  # one vertebra apart
 
 
-def test_phantom_chest_only_is_not_in_field_of_view():
-    p = _phantom("normal", 21, scan_range="chest_only")
+@pytest.mark.parametrize("variant,seed", [("normal", 21), ("lumbarization", 403), ("six_lumbar", 403)])
+def test_phantom_chest_only_is_not_in_field_of_view(variant, seed):
+    """Chest-only scans (two of these used to get an invented L3 slice) never get a slice."""
+    p = _phantom(variant, seed, scan_range="chest_only")
     assert p.ground_truth["l3_inferior_endplate_z_mm"] is None
     result = locate_l3(p.volume, RIBS)
     assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
+    assert result.slice_index is None
+
+
+def _vertebra(z_inf: float, height: float = 25.0, disc: float = 8.0, rib: float = 0.0, **kw):
+    from l3node.analysis.spine import VertebraFound
+
+    return VertebraFound(z_inf, z_inf + height, disc, 60.0, 64.0, 90.0, rib_left_mm=rib, rib_right_mm=rib, **kw)
+
+
+def test_l3_cut_by_the_scan_edge_is_not_in_field_of_view():
+    """Counted L3 is the lowest vertebra, shorter than L2 (the scan cut it): no slice.
+
+    A lowest L3 as high as L2 (a scan ending at its endplate) gets its slice, uncertain.
+    """
+    from l3node.analysis.locate_l3 import _decide
+    from l3node.analysis.spine import SpineAnalysis
+
+    volume = Volume(np.zeros((100, 4, 4), np.float32), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))  # z 0..198
+    # T11, T12 (ribs), L1, L2, and L3 whose lower part is cut away (16 of 25 mm seen).
+    zs = [165.0, 132.0, 99.0, 66.0, 25.0]
+    vs = [_vertebra(z, rib=r) for z, r in zip(zs, (150.0, 90.0, 0.0, 0.0, 0.0))]
+    vs[-1] = _vertebra(1.0, height=16.0, disc=0.0, inferior_seen=False)
+    spine = SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0))
+    result = _decide(volume, spine, RIBS)
+    assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
+    vs[-1] = _vertebra(1.0, height=25.0, disc=0.0, inferior_seen=False)
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0)), RIBS)
+    assert result.status is L3Status.UNCERTAIN and result.z_mm == pytest.approx(1.0)
+    assert result.confidence <= 0.4
+    # The same L3 with L4 below it and its disc well inside: found, at L3's endplate.
+    zs = [165.0, 132.0, 99.0, 66.0, 33.0, 2.0]
+    vs = [_vertebra(z, rib=r) for z, r in zip(zs, (150.0, 90.0, 0.0, 0.0, 0.0, 0.0))]
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0)), RIBS)
+    assert result.z_mm == pytest.approx(33.0) and result.slice_index is not None
+
+
+def test_a_one_sided_rib_below_a_ribless_level_does_not_move_t12():
+    """A short unilateral 'rib' two levels below the twelfth rib is not a rib (seen on prone scans)."""
+    from l3node.analysis.locate_l3 import read_anatomy
+    from l3node.analysis.spine import SpineAnalysis
+
+    ribs = (240.0, 90.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    vs = [_vertebra(200.0 - 33 * i, rib=r) for i, r in enumerate(ribs)]
+    vs[3] = _vertebra(200.0 - 99, rib=0.0)
+    from dataclasses import replace
+
+    vs[3] = replace(vs[3], rib_left_mm=50.0)
+    spine = SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0))
+    assert read_anatomy(spine).t12 == 1
+    vs[3] = replace(vs[3], rib_right_mm=80.0, rib_left_mm=80.0)  # bilateral: a missed level between
+    assert read_anatomy(SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0))).t12 == 3
 
 
 def test_vertebrae_are_reported_with_names_and_z_ranges():
@@ -163,6 +216,30 @@ def test_score_case_uses_slice_distance_and_not_in_view_rule():
     assert score_case(L3Case("b", lambda: volume, None), volume, absent).success
     assert not score_case(L3Case("c", lambda: volume, 4.0), volume, absent).success
     assert not score_case(L3Case("d", lambda: volume, None), volume, found).success
+
+
+def test_case_folders_from_shared_data_are_read_with_their_truth():
+    ts = case_from_folder(_need(DATA / "ts_example_ct"))
+    assert ts.truth_z_mm == pytest.approx(299.8, abs=0.1) and ts.source == "real"
+    assert case_from_folder(_need(DATA / "ts_chest_cta_no_l3")).truth_z_mm is None
+    assert case_from_folder(_need(DATA / "tptbox_l3_crop")).truth_z_mm == pytest.approx(-81.4, abs=0.2)
+    with pytest.raises(ValueError):
+        case_from_folder(_need(DATA / "ts_example_ct_sm"))  # no vertebra labels
+
+
+def test_main_evaluate_l3_on_real_cases(tmp_path, capsys):
+    folders = [_need(DATA / "ts_example_ct"), _need(DATA / "ts_chest_cta_no_l3"), DATA / "ts_example_ct_sm"]
+    assert main_evaluate_l3(folders, tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert "| all | 2 |" in printed  # the unlabelled crop is skipped
+    import csv
+
+    with (tmp_path / "l3_evaluation.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["success"] for r in rows] == ["True", "True"]  # within 10 mm; not in view
+    assert float(rows[0]["error_mm"]) < 10 and rows[1]["status"] == "not_in_field_of_view"
+    assert (tmp_path / "l3_evaluation_boxplot.png").stat().st_size > 1000
+    assert main_evaluate_l3([], tmp_path / "empty") == 2
 
 
 def test_evaluate_writes_table_csv_and_box_plot(tmp_path):

@@ -21,8 +21,13 @@ combined: more than one), both candidates are reported, and the configured conve
 T12) is what ``count_from_ribs`` returns.
 
 When neither anchor is seen, the iliac crest is taken to lie at L4 (the paper's assumption)
-with low confidence. When L3 is outside the scan, the answer is ``not_in_field_of_view`` with
-no slice -- never an invented one.
+with low confidence; a column of fewer than :data:`MIN_COUNTABLE` vertebrae (a crop) is not
+counted at all. When L3 is outside the scan, the answer is ``not_in_field_of_view`` with no
+slice -- never an invented one: the counted L3 must have its inferior endplate, the disc
+below it and the next vertebra inside the scan (:func:`_endplate_in_view`). The one
+exception is a scan ending at L3's endplate: the lowest vertebra, as high as L2, gets its
+slice with status ``uncertain`` (:func:`_endplate_at_edge`; the error is then bounded by
+the 10 % height tolerance, ~3 mm).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ log = get_logger(__name__)
 ELEVENTH_RIB_MIN_MM = 185.0
 """A last normal rib this long (as measured: voxel path, ~15-30 % over the true arc) is an
 eleventh rib; twelfth ribs are shorter (phantoms 60-130 mm, eleventh >= 175 mm)."""
+MIN_COUNTABLE = 3
+"""Fewer mobile vertebrae than this (a crop) cannot be counted: a "rib" on the only vertebra
+seen may be a transverse process, and nothing confirms it."""
 THIN_DISC_RATIO = 0.6
 """A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
 LARGE_TP_RATIO = 1.6
@@ -117,6 +125,8 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
     for i in normal[1:]:
         if i > last + 2:
             break
+        if i == last + 2 and min(vs[i].rib_left_mm, vs[i].rib_right_mm) < NORMAL_RIB_MIN_MM:
+            break  # across a rib-less level only a bilateral rib pair continues the cage
         last = i
     below = vs[last + 1] if last + 1 < len(vs) and not vs[last + 1].sacral else None
     if vs[last].rib_mm >= ELEVENTH_RIB_MIN_MM:
@@ -154,6 +164,8 @@ def _read_junction(vs: tuple[VertebraFound, ...], t12: int | None, sacrum: int) 
 def read_anatomy(spine: SpineAnalysis) -> _Reading:
     """Name the anchors (T12, sacrum) and the signs of each variant class."""
     vs = spine.vertebrae
+    if sum(not v.sacral for v in vs) < MIN_COUNTABLE:
+        return _Reading(None, None, None, None, None)
     t12, thoracolumbar = _read_ribs(vs)
     sacral = [i for i, v in enumerate(vs) if v.sacral]
     sacrum = sacral[0] if sacral else None
@@ -286,14 +298,55 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
     if v.sacral:
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     z = v.z_inferior_mm
-    if not v.inferior_seen:
-        notes.append("L3 body reaches the bottom of the scan: endplate at the scan edge")
-        status, confidence = L3Status.UNCERTAIN, min(confidence, 0.5)
+    if not _endplate_in_view(volume, vs, chosen):
+        if not _endplate_at_edge(volume, vs, chosen):
+            notes.append("L3 inferior endplate or the disc below it is not fully inside the scan")
+            return _outside(volume, spine, len(vs), method, variant, vertebrae, notes, rib_z, sac_z)
+        notes.append("L3 is the lowest vertebra: its endplate is at the scan edge, no disc seen below")
+        status, confidence = L3Status.UNCERTAIN, min(confidence, 0.4)
     if not volume.contains_z(z):
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     k = volume.slice_index_at(z)
     return L3Location(status, float(z), k, confidence, variant, method, vertebrae, candidates, tuple(notes),
                       rib_z, sac_z)
+
+
+FOV_MARGIN_MM = 5.0
+"""The disc below L3 must end at least this far inside the scan for the endplate to count."""
+
+
+def _endplate_in_view(volume: Volume, vs: tuple[VertebraFound, ...], i: int) -> bool:
+    """True when vertebra ``i``'s inferior endplate *and* the disc under it lie inside the scan.
+
+    A body cut by the scan edge, or the lowest vertebra found with nothing seen below it, has
+    no endplate to measure at: answering with a slice there would be a made-up level.
+    """
+    v = vs[i]
+    if not v.inferior_seen or v.disc_below_mm <= 0:
+        return False
+    z_bottom = float(min(volume.z_mm[0], volume.z_mm[-1]))
+    disc_bottom = v.z_inferior_mm - v.disc_below_mm
+    return i + 1 < len(vs) and disc_bottom >= z_bottom + FOV_MARGIN_MM
+
+
+EDGE_HEIGHT_RATIO = 0.9
+"""The lowest vertebra's endplate is believed only if it is this high relative to the one above."""
+
+
+def _endplate_at_edge(volume: Volume, vs: tuple[VertebraFound, ...], i: int) -> bool:
+    """True when vertebra ``i`` is the lowest found and as high as the one above it.
+
+    A scan may end exactly at L3's endplate: the body then touches the scan edge with no disc
+    below. If the scan had cut L3 instead, the body would look short; a body at least
+    :data:`EDGE_HEIGHT_RATIO` of its upper neighbour puts its true endplate within ~3 mm of
+    the scan edge, so the answer is a real (if uncertain) level, not a made-up one.
+    """
+    v = vs[i]
+    if i + 1 != len(vs) or i < 1 or v.sacral:
+        return False
+    above = vs[i - 1]
+    return (above.superior_seen and above.inferior_seen and v.superior_seen
+            and v.height_mm >= EDGE_HEIGHT_RATIO * above.height_mm)
 
 
 def _outside(volume: Volume, spine: SpineAnalysis, chosen: int, method: str, variant: Variant,
@@ -318,7 +371,7 @@ def _without_anchor(volume: Volume, spine: SpineAnalysis, notes: list[str]) -> L
     l4 = int(np.argmin(np.abs(centres - crest)))
     l3 = l4 - 1
     notes.append("no counting anchor: iliac crest assumed at L4 (L3SEG-net assumption)")
-    if l3 < 0 or vs[l3].sacral or not volume.contains_z(vs[l3].z_inferior_mm):
+    if l3 < 0 or vs[l3].sacral or not _endplate_in_view(volume, vs, l3) or not volume.contains_z(vs[l3].z_inferior_mm):
         return L3Location(L3Status.NOT_IN_FIELD_OF_VIEW, None, None, 0.3, Variant.UNKNOWN,
                           "iliac crest taken at L4; the vertebra above is not in view", vertebrae, (), tuple(notes))
     z = vs[l3].z_inferior_mm

@@ -4,8 +4,9 @@
   continuous |z(GT) - z(pred)| is reported beside it;
 * technical success = error < 10 mm; for a case whose L3 is outside the scan, success is
   answering ``not_in_field_of_view`` (and any slice given there is a failure);
-* mean +- SD and maximum error, success rate and variant-class accuracy, overall and per
-  variant subgroup; a Markdown table, a CSV of every case and a box plot PNG.
+* mean +- SD and maximum error, success rate and variant-class accuracy (over cases whose
+  L3 is in the scan), overall and per variant subgroup; a Markdown table, a CSV of every
+  case and a box plot PNG (:func:`main_evaluate_l3` is the ``l3node evaluate l3`` command).
 
 Cases come from phantoms (:func:`phantom_cases`, generated lazily so that hundreds fit in
 memory) or from labelled real CT (:func:`labelled_nifti_case`: NIfTI + vertebra label map).
@@ -161,7 +162,8 @@ def summarise(results: Iterable[CaseResult]) -> tuple[GroupSummary, ...]:
     out = []
     for name, rows in groups:
         errors = np.array([r.error_mm for r in rows if r.error_mm is not None], float)
-        judged = [r.variant_correct for r in rows if r.variant_correct is not None]
+        # The class is judged where L3 is in the scan: a chest-only scan cannot show the sacrum.
+        judged = [r.variant_correct for r in rows if r.variant_correct is not None and r.truth_z_mm is not None]
         out.append(GroupSummary(
             name, len(rows), len(errors),
             float(errors.mean()) if len(errors) else None,
@@ -234,3 +236,104 @@ def labelled_nifti_case(ct_path: str | Path, labels_path: str | Path, l3_label: 
         body = read_label_nifti(body_labels_path) == body_value if body_labels_path else None
         truth = inferior_endplate_z_from_labels(labels, volume, l3_label, body)
     return L3Case(name or Path(ct_path).parent.name, lambda: volume, truth, variant_class, "real")
+
+
+TS_L3_LABEL = 29
+"""TotalSegmentator ``vertebrae`` map: 26 S1, 27 L5, 28 L4, 29 L3, ... 33 T11."""
+VERSE_L3_LABEL = 22
+"""VerSe / TPTBox vertebra masks: 20 L1, 21 L2, 22 L3, ...; subregion 49 = vertebral body."""
+
+
+def case_from_folder(folder: str | Path) -> L3Case:
+    """A labelled real CT from a folder laid out like those in ``shared/data``.
+
+    Recognised, in order:
+
+    * ``l3.json`` -- ``{"ct": ..., "labels": ..., "l3_label": 29 | null, "body_labels": ...,
+      "body_value": 1, "variant_class": ...}`` (paths relative to the folder; ``l3_label``
+      null = L3 not in the scan);
+    * ``ct.nii.gz`` + ``vertebrae.nii.gz`` (TotalSegmentator, L3 = 29; absent label = not in
+      view), bodies from ``vertebral_bodies_and_discs.nii.gz`` (1) when present;
+    * ``ct.nii.gz`` + per-structure ``vertebra_*.nii.gz`` masks (TotalSegmentator): L3 in the
+      scan exactly when ``vertebra_L3.nii.gz`` exists;
+    * ``*_ct.nii.gz`` + ``*seg-vert*_msk.nii.gz`` (VerSe/TPTBox, L3 = 22), bodies from
+      ``*seg-subreg*_msk.nii.gz`` (49).
+
+    Raises
+    ------
+    ValueError
+        If the folder holds no CT or no vertebra labels in a known layout.
+    """
+    import json
+
+    folder = Path(folder)
+    spec = folder / "l3.json"
+    if spec.exists():
+        s = json.loads(spec.read_text())
+        body = folder / s["body_labels"] if s.get("body_labels") else None
+        return labelled_nifti_case(folder / s["ct"], folder / s["labels"], s.get("l3_label"),
+                                   body_labels_path=body, body_value=int(s.get("body_value", 1)),
+                                   variant_class=s.get("variant_class"), name=folder.name)
+    ct = folder / "ct.nii.gz"
+    if ct.exists() and (folder / "vertebrae.nii.gz").exists():
+        labels = folder / "vertebrae.nii.gz"
+        present = TS_L3_LABEL in np.unique(read_label_nifti(labels))
+        bodies = folder / "vertebral_bodies_and_discs.nii.gz"
+        return labelled_nifti_case(ct, labels, TS_L3_LABEL if present else None,
+                                   body_labels_path=bodies if bodies.exists() else None, name=folder.name)
+    masks = sorted(folder.glob("vertebra_*.nii.gz"))
+    if ct.exists() and masks:
+        l3 = folder / "vertebra_L3.nii.gz"
+        return labelled_nifti_case(ct, l3, 1 if l3.exists() else None, name=folder.name)
+    cts, verts = sorted(folder.glob("*_ct.nii.gz")), sorted(folder.glob("*seg-vert*_msk.nii.gz"))
+    if cts and verts:
+        subreg = sorted(folder.glob("*seg-subreg*_msk.nii.gz"))
+        present = VERSE_L3_LABEL in np.unique(read_label_nifti(verts[0]))
+        return labelled_nifti_case(cts[0], verts[0], VERSE_L3_LABEL if present else None,
+                                   body_labels_path=subreg[0] if subreg else None, body_value=49,
+                                   name=folder.name)
+    raise ValueError(f"{folder}: no CT with vertebra labels in a known layout (see case_from_folder)")
+
+
+def main_evaluate_l3(cases: Iterable[str | Path], out: str | Path, phantoms_per_variant: int = 0) -> int:
+    """``l3node evaluate l3 CASES... [--phantoms-per-variant N] [--out DIR]``.
+
+    Evaluates every labelled case folder (:func:`case_from_folder`) and, when
+    ``phantoms_per_variant`` > 0, that many phantoms of each variant (seeds from 0, random
+    acquisition, matrix 256). Writes ``l3_evaluation.md``, ``.csv`` and ``_boxplot.png`` into
+    ``out`` and prints the Markdown table. Folders without usable labels are skipped with a
+    warning.
+
+    Returns
+    -------
+    int
+        0 on success, 2 when there was nothing to evaluate.
+
+    Raises
+    ------
+    OSError
+        If ``out`` cannot be written.
+    """
+    import itertools
+
+    real: list[L3Case] = []
+    for folder in cases:
+        try:
+            real.append(case_from_folder(folder))
+        except ValueError as exc:
+            log.warning("l3_case_skipped", folder=str(folder), reason=str(exc))
+    phantoms: Iterable[L3Case] = phantom_cases(phantoms_per_variant, matrix=256) if phantoms_per_variant > 0 else ()
+    all_cases = itertools.chain(real, phantoms)
+    try:
+        evaluation = evaluate_l3(all_cases)
+    except ValueError:
+        print("nothing to evaluate: give labelled case folders or --phantoms-per-variant N")
+        return 2
+    paths = evaluation.write(out)
+    print(evaluation.to_markdown())
+    for case in evaluation.cases:
+        if case.source == "real":
+            err = "–" if case.error_mm is None else f"{case.error_mm:.1f} mm"
+            print(f"{case.name}: status {case.status}, error {err}, success {case.success}")
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0

@@ -1,0 +1,120 @@
+"""The pelvis: iliac bones, crests and the fused sacrum (step 4 of :mod:`l3node.analysis.spine`).
+
+The iliac bones are large lateral bone components reaching the bottom part of the spine; the
+sacrum is the run of lowest segments that carry alae (bone lateral to the body at body depth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from l3node.analysis.spine_column import VertebraFound, _half_width_mm
+from l3node.analysis.spine_grid import CanalTrack, WorkingGrid, k_range as _k_range
+
+ALA_HU = 100.0
+"""Bone-like on the working grid, even osteoporotic (cancellous >= ~120 HU); disc/psoas lower."""
+
+
+def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound) -> float:
+    """Fraction of the segment's slices with bone well lateral to the body *at body depth*.
+
+    That is where the sacral alae are; beside a lumbar body lies only psoas (transverse
+    processes sit further back, at canal depth; rib heads stay within ~10 mm of the body).
+    The ala must be *continuous* with the body (bone-like all the way out, :data:`ALA_HU`):
+    bowel with oral contrast (~280 HU) lies beside lumbar bodies too, behind the psoas.
+    """
+    k0, k1 = _k_range(grid, v.z_inferior_mm + 2, v.z_superior_mm - 2)
+    if k1 < k0:
+        return 0.0
+    dr, dc = grid.spacing_mm[1:]
+    r0, r1 = max(int(round(v.row - 8 / dr)), 0), max(int(round(v.row + 8 / dr)) + 1, 0)
+    lateral = (np.arange(grid.hu.shape[2]) - v.col) * dc
+    c = int(np.clip(round(v.col), 0, grid.hu.shape[2] - 1))
+    bony = grid.hu[k0 : k1 + 1, r0:r1] >= ALA_HU
+    reach_cols = int(np.ceil((v.half_width_mm + 12) / dc))
+    hits = []
+    for sign in (-1, 1):
+        cols = (sign * lateral >= v.half_width_mm + 12) & (sign * lateral <= v.half_width_mm + 28)
+        far = bone[k0 : k1 + 1, r0:r1][:, :, cols].sum(axis=(1, 2)) >= 2
+        line = bony[:, :, c::sign] if sign > 0 else bony[:, :, c::-1]
+        run = np.logical_and.accumulate(line[:, :, : reach_cols + 1], axis=2)
+        joined = run.shape[2] > reach_cols  # False when the body sits at the image edge
+        joined_rows = run[:, :, -1].any(axis=1) if joined else np.zeros(len(far), bool)
+        hits.append(far & joined_rows)
+    return float(np.mean(hits[0] & hits[1]))
+
+
+def find_iliac_bones(grid: WorkingGrid, bone: np.ndarray, track: CanalTrack,
+                     z_floor_mm: float) -> list[tuple[float, float, float]]:
+    """Large bone masses beside the spine (iliac wings with acetabula and femurs).
+
+    Returns (z_top_mm, z_bottom_mm, side) per component, side -1 right / +1 left. The spine
+    is masked out by a 35 mm band around the canal; ribs are too thin (< 40 cm3) or end
+    higher: a pelvic component reaches below ``z_floor_mm`` (the low end of the column).
+    """
+    dz, dr, dc = grid.spacing_mm
+    lateral = bone.copy()
+    band = int(round(35 / dc))
+    cols = np.arange(grid.hu.shape[2])
+    for k in range(grid.hu.shape[0]):
+        lateral[k, :, np.abs(cols - track.col[k]) < band] = False
+    labels, n = ndi.label(lateral)
+    if n == 0:
+        return []
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * dz * dr * dc / 1000.0
+    out = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None or sizes[i] < 40:
+            continue
+        z_extent = (sl[0].stop - sl[0].start) * dz
+        if z_extent < 40:
+            continue
+        sub = labels[sl] == i
+        col_mean = float(np.nonzero(sub.any(axis=(0, 1)))[0].mean() + sl[2].start)
+        k_mid = (sl[0].start + sl[0].stop) // 2
+        offset = (col_mean - track.col[min(k_mid, len(track.col) - 1)]) * dc
+        if abs(offset) < 45 or grid.origin_mm[2] + sl[0].start * dz > z_floor_mm:
+            continue  # beside the spine and down to (or below) its lower end: not scapula
+        if sl[0].stop >= grid.hu.shape[0]:
+            continue  # runs to the top of the scan: table or arm, not pelvis
+        # The ilium reaches the sacrum (sacroiliac joint); arm bones stay far lateral.
+        ks, rs, cs = np.nonzero(sub)
+        nearest = np.min(np.abs(cs + sl[2].start - track.col[ks + sl[0].start])) * dc
+        if not 35 <= nearest <= 80:
+            continue  # rib heads touch the vertebral body (< 35 mm from the canal)
+        # The iliac wing reaches well in front of the spine (anterior superior iliac spine);
+        # a scapula lies behind the ribs.
+        ahead = np.max(track.row[ks + sl[0].start] - (rs + sl[1].start)) * dr
+        if ahead < 40:
+            continue
+        out.append((grid.origin_mm[2] + (sl[0].stop - 1) * dz, grid.origin_mm[2] + sl[0].start * dz,
+                    float(np.sign(offset))))
+    return out
+
+
+def merge_sacrum(grid: WorkingGrid, bone: np.ndarray, vs: list[VertebraFound], length: float | None,
+                  pelvis_seen: bool, notes: list[str]) -> tuple[list[VertebraFound], float | None]:
+    """The sacrum: the lowest segments that carry alae, merged into one (top = S1's endplate).
+
+    Sacral remnant discs can cut the fused sacrum into pieces; they are one bone here.
+    """
+    # Own (unsmoothed) width: the sacrum narrows fast and must not borrow lumbar widths.
+    sacral = [v.sacral or _ala_fraction(grid, bone, VertebraFound(**{
+        **v.__dict__, "half_width_mm": min(v.half_width_mm, _half_width_mm(grid, v))})) >= 0.4 for v in vs]
+    i = len(vs)
+    while i > 0 and sacral[i - 1]:
+        i -= 1
+    if i == len(vs):
+        return vs, None
+    if not pelvis_seen:
+        notes.append("sacrum-like bone without iliac bones beside it")
+    run = vs[i:]
+    top, bottom = run[0], run[-1]
+    merged = VertebraFound(**{**top.__dict__, "z_inferior_mm": bottom.z_inferior_mm, "disc_below_mm": 0.0,
+                              "inferior_seen": bottom.inferior_seen, "sacral": True})
+    if bottom.inferior_seen:
+        length = merged.z_superior_mm - merged.z_inferior_mm if length is None or len(run) > 1 else length
+    else:
+        length = None
+    return vs[:i] + [merged], length
