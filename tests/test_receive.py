@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pydicom.pixels import apply_modality_lut
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
@@ -316,3 +319,42 @@ def test_store_lossy_transfer_syntaxes_decode_after_spooling(scp, kind):
         assert np.abs(decoded - original).max() <= tolerance
     else:
         assert np.corrcoef(decoded.ravel(), original.ravel())[0, 1] > 0.5
+
+
+DCMCJPEG = shutil.which("dcmcjpeg")
+
+
+@pytest.mark.skipif(DCMCJPEG is None, reason="dcmcjpeg not installed (apt-get install dcmtk)")
+@pytest.mark.parametrize(
+    ("flag", "ts", "lossless"),
+    [
+        ("+e1", pydicom.uid.JPEGLosslessSV1, True),  # process 14, selection value 1
+        ("+el", pydicom.uid.JPEGLossless, True),  # process 14, any selection value
+        ("+ee", pydicom.uid.JPEGExtended12Bit, False),  # process 2 & 4, 12 bit
+    ],
+    ids=["jpeg_lossless_sv1", "jpeg_lossless", "jpeg_extended"],
+)
+def test_store_dcmtk_jpeg_transfer_syntaxes_decode_after_spooling(scp, tmp_path, flag, ts, lossless):
+    """JPEG processes pydicom cannot encode, encoded by DCMTK as a modality would."""
+    receiver, spool, _ = scp()
+    ds = make_ct(generate_uid(), generate_uid(), 0)
+    # Values a 12-bit CT holds: stored 0..4095 with a rescale intercept.
+    pixels = (np.asarray(ds.pixel_array, np.int32) + 1024).clip(0, 4095).astype(np.uint16)
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit, ds.RescaleIntercept = 0, 12, 11, -1024
+    ds.PixelData = pixels.tobytes()
+    plain, encoded = tmp_path / "plain.dcm", tmp_path / "encoded.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    subprocess.run([DCMCJPEG, flag, str(plain), str(encoded)], check=True, capture_output=True)
+    jpeg = pydicom.dcmread(encoded)
+    assert jpeg.file_meta.TransferSyntaxUID == ts
+    assert store(receiver.port, [jpeg]) == [StoreStatus.SUCCESS]
+    (path,) = _stored(spool)
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == ts
+    # Compare in HU: DCMTK's lossy coder may re-map stored values and the rescale with them.
+    decoded_hu = apply_modality_lut(stored.pixel_array, stored).astype(np.float64)
+    original_hu = pixels.astype(np.float64) - 1024
+    if lossless:
+        np.testing.assert_array_equal(stored.pixel_array, pixels)
+    else:
+        assert np.abs(decoded_hu - original_hu).mean() < 40
