@@ -297,6 +297,24 @@ def _sr_class(config: OutputsConfig) -> type[StructuredReport]:
     return hd.sr.Comprehensive3DSR if config.sr_sop_class == "comprehensive3d" else hd.sr.ComprehensiveSR
 
 
+def _build_sr(config: OutputsConfig, evidence: list, content, **final) -> StructuredReport:
+    """One SR instance in its own new series, numbered and described from the configuration."""
+    return _sr_class(config)(
+        evidence=evidence,
+        content=content,
+        series_instance_uid=generate_uid(),
+        series_number=config.sr.series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=config.manufacturer,
+        is_complete=True,
+        institution_name=config.institution_name,
+        series_description=config.sr.series_description,
+        coding_schemes=private_coding_schemes(),
+        **final,
+    )
+
+
 def make_sr(
     source_images: Sequence[pydicom.Dataset],
     l3_source: pydicom.Dataset,
@@ -358,20 +376,8 @@ def make_sr(
         title=codes.REPORT_TITLE,
         referenced_images=[l3_source],
     )
-    return _sr_class(config)(
-        evidence=[l3_source, seg],
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=config.sr.series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=config.manufacturer,
-        is_complete=True,
-        is_final=False,  # PRELIMINARY: machine-made, not reviewed by a person (also UNVERIFIED)
-        institution_name=config.institution_name,
-        series_description=config.sr.series_description,
-        coding_schemes=private_coding_schemes(),
-    )
+    # PRELIMINARY: machine-made, not reviewed by a person (also UNVERIFIED)
+    return _build_sr(config, [l3_source, seg], report, is_final=False)
 
 
 def make_declined_sr(
@@ -425,16 +431,4 @@ def make_declined_sr(
         hd.sr.TextContentItem(name=codes.COMMENT, value=(detail or code)[:1024], relationship_type="CONTAINS")
     )
     root.ContentSequence = hd.sr.ContentSequence(items)
-    return _sr_class(config)(
-        evidence=list(source_images),
-        content=root,
-        series_instance_uid=generate_uid(),
-        series_number=config.sr.series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=config.manufacturer,
-        is_complete=True,
-        institution_name=config.institution_name,
-        series_description=config.sr.series_description,
-        coding_schemes=private_coding_schemes(),
-    )
+    return _build_sr(config, list(source_images), root)
