@@ -25,7 +25,9 @@ class Cutoff:
     """One threshold chosen for a patient; the measurement is low when below it."""
 
     value: float
-    rule: str  # human-readable, for the report: "Martin 2013, male, BMI >= 25: SMI < 53 cm²/m²"
+    # Human-readable, for the report: "Martin 2013, male, BMI >= 25: SMI < 53 cm2/m2".
+    # ASCII only: it is burned into the overlay (PIL's default font) and written to the SR.
+    rule: str
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def smi_cutoff(name: str, sex: str | None, bmi: float | None) -> Cutoff:
         raise CutoffNotApplicable(f"PatientSex {sex!r} has no cut-off in {cutoff_set.citation}")
     rules = cutoff_set.smi[sex]
     value, bmi_text = _pick(rules, bmi)
-    return Cutoff(value, f"{cutoff_set.citation}, {_SEX_WORD[sex]}{bmi_text}: SMI < {value:g} cm²/m²")
+    return Cutoff(value, f"{cutoff_set.citation}, {_SEX_WORD[sex]}{bmi_text}: SMI < {value:g} cm2/m2")
 
 
 def attenuation_cutoff(name: str, bmi: float | None) -> Cutoff:
