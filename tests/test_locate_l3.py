@@ -183,6 +183,33 @@ def test_a_one_sided_rib_below_a_ribless_level_does_not_move_t12():
     assert read_anatomy(SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0))).t12 == 3
 
 
+def test_short_rib_pieces_above_the_cage_do_not_stop_the_walk_to_t12():
+    """A short piece high up (first rib, cut rib) across missed levels is not the last rib."""
+    from l3node.analysis.locate_l3 import read_anatomy
+    from l3node.analysis.spine import SpineAnalysis
+
+    ribs = (60.0, 0.0, 0.0, 250.0, 150.0, 0.0, 0.0, 0.0)
+    vs = [_vertebra(250.0 - 33 * i, rib=r) for i, r in enumerate(ribs)]
+    assert read_anatomy(SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0))).t12 == 4
+
+
+def test_lowest_endplate_well_inside_the_scan_with_nothing_below_is_not_answered():
+    """Endplate and disc seen far above the scan's bottom but no vertebra below: the count
+    is in doubt (a missed level), so no slice is given -- unlike a scan ending at the endplate."""
+    from l3node.analysis.locate_l3 import _decide
+    from l3node.analysis.spine import SpineAnalysis
+
+    volume = Volume(np.zeros((100, 4, 4), np.float32), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))  # z 0..198
+    zs = [165.0, 132.0, 99.0, 66.0, 25.0]
+    vs = [_vertebra(z, rib=r) for z, r in zip(zs, (150.0, 90.0, 0.0, 0.0, 0.0))]
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0)), RIBS)
+    assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
+    # Measured endplate 2 mm above the scan's edge (blurred last block): measured to the edge.
+    vs[-1] = _vertebra(2.0, height=21.0, disc=0.0)
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0)), RIBS)
+    assert result.status is L3Status.UNCERTAIN and result.z_mm == pytest.approx(2.0)
+
+
 def test_vertebrae_are_reported_with_names_and_z_ranges():
     p = _phantom("normal", 11)
     result = locate_l3(p.volume, RIBS)

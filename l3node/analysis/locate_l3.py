@@ -25,9 +25,9 @@ with low confidence; a column of fewer than :data:`MIN_COUNTABLE` vertebrae (a c
 counted at all. When L3 is outside the scan, the answer is ``not_in_field_of_view`` with no
 slice -- never an invented one: the counted L3 must have its inferior endplate, the disc
 below it and the next vertebra inside the scan (:func:`_endplate_in_view`). The one
-exception is a scan ending at L3's endplate: the lowest vertebra, as high as L2, gets its
-slice with status ``uncertain`` (:func:`_endplate_at_edge`; the error is then bounded by
-the 10 % height tolerance, ~3 mm).
+exception is a scan ending at L3's endplate: the lowest vertebra, as high as the bodies
+above it, gets its slice with status ``uncertain`` (:func:`_endplate_at_edge`; the error is
+then bounded by the 10 % height tolerance, ~3 mm).
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ log = get_logger(__name__)
 ELEVENTH_RIB_MIN_MM = 185.0
 """A last normal rib this long (as measured: voxel path, ~15-30 % over the true arc) is an
 eleventh rib; twelfth ribs are shorter (phantoms 60-130 mm, eleventh >= 175 mm)."""
+CAGE_RIB_MIN_MM = 120.0
+"""A rib this long (as measured) is certainly part of the thoracic cage; the walk down to
+T12 starts at the first one (:func:`_read_ribs`)."""
 MIN_COUNTABLE = 3
 """Fewer mobile vertebrae than this (a crop) cannot be counted: a "rib" on the only vertebra
 seen may be a transverse process, and nothing confirms it."""
@@ -55,8 +58,9 @@ THIN_DISC_RATIO = 0.6
 """A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
 LARGE_TP_RATIO = 1.6
 """Transverse processes this much larger than the other lumbar ones mark a transitional level."""
-LONG_SACRUM_RATIO = 4.4
-"""A fused sacrum longer than this many lumbar body heights has taken in L5 (sacralisation)."""
+LONG_SACRUM_RATIO = 4.8
+"""A fused sacrum longer than this many lumbar body heights has taken in L5 (sacralisation);
+phantom seeds 2000-2009 measure normal <= 4.3, four-lumbar up to 4.55, sacralised >= 5.2."""
 
 
 class L3Status(str, Enum):
@@ -118,11 +122,16 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
     normal = [i for i, v in enumerate(vs) if not v.sacral and v.rib_mm >= NORMAL_RIB_MIN_MM]
     if not normal:
         return None, None
+    # The cage is entered at its first unmistakable rib: short pieces higher up (first ribs,
+    # ribs cut by the scan edge or half-detected) may be separated from the lower cage by
+    # levels whose ribs were missed, and must not stop the walk down before the real cage.
+    long_ribs = [i for i in normal if vs[i].rib_mm >= CAGE_RIB_MIN_MM]
+    start = long_ribs[0] if long_ribs else normal[0]
     # The rib cage is contiguous from above: a "rib" two or more rib-less levels below the
     # cage (vessel, organ, transverse process) is not counted; one level may have lost its
     # rib to the measurement (a missed detection, or a twelfth-rib aplasia above a T12).
-    last = normal[0]
-    for i in normal[1:]:
+    last = start
+    for i in [j for j in normal if j > start]:
         if i > last + 2:
             break
         if i == last + 2 and min(vs[i].rib_left_mm, vs[i].rib_right_mm) < NORMAL_RIB_MIN_MM:
@@ -330,23 +339,36 @@ def _endplate_in_view(volume: Volume, vs: tuple[VertebraFound, ...], i: int) -> 
 
 
 EDGE_HEIGHT_RATIO = 0.9
-"""The lowest vertebra's endplate is believed only if it is this high relative to the one above."""
+"""The lowest vertebra's endplate is believed only if it is this high relative to the bodies above."""
 
 
 def _endplate_at_edge(volume: Volume, vs: tuple[VertebraFound, ...], i: int) -> bool:
-    """True when vertebra ``i`` is the lowest found and as high as the one above it.
+    """True when vertebra ``i`` is the lowest found and as high as the bodies above it.
 
     A scan may end exactly at L3's endplate: the body then touches the scan edge with no disc
-    below. If the scan had cut L3 instead, the body would look short; a body at least
-    :data:`EDGE_HEIGHT_RATIO` of its upper neighbour puts its true endplate within ~3 mm of
-    the scan edge, so the answer is a real (if uncertain) level, not a made-up one.
+    below. If the scan had cut L3 instead, the body would look short; a body (measured down
+    to the scan edge) at least :data:`EDGE_HEIGHT_RATIO` of the median of up to three whole
+    bodies above puts its true endplate within ~3 mm of the scan edge, so the answer is a
+    real (if uncertain) level, not a made-up one.
     """
     v = vs[i]
-    if i + 1 != len(vs) or i < 1 or v.sacral:
+    if i + 1 != len(vs) or i < 1 or v.sacral or not v.superior_seen:
         return False
-    above = vs[i - 1]
-    return (above.superior_seen and above.inferior_seen and v.superior_seen
-            and v.height_mm >= EDGE_HEIGHT_RATIO * above.height_mm)
+    # Up to three whole bodies above: one measured height is noisy (+-15 %), and lumbar
+    # bodies grow slowly downward, so their median is a fair floor for L3's height.
+    above = [u.height_mm for u in vs[max(0, i - 3) : i]
+             if u.superior_seen and u.inferior_seen and not u.sacral]
+    if not above:
+        return False
+    # A body reaching the scan's bottom is measured down to the edge of the scan itself: the
+    # working grid's last block blurs the last millimetres of bone.
+    z_bottom = float(min(volume.z_mm[0], volume.z_mm[-1])) - volume.spacing_mm[0] / 2
+    if v.inferior_seen and v.z_inferior_mm - z_bottom >= FOV_MARGIN_MM:
+        # The endplate is well inside the scan and yet nothing was found below it: the count
+        # itself is in doubt (a missed or merged level), not the scan edge.
+        return False
+    height = max(v.height_mm, v.z_superior_mm - z_bottom)
+    return height >= EDGE_HEIGHT_RATIO * float(np.median(above))
 
 
 def _outside(volume: Volume, spine: SpineAnalysis, chosen: int, method: str, variant: Variant,
