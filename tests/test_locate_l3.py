@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from l3node.analysis.locate_l3 import L3Status, Variant, inferior_endplate_z_from_labels, locate_l3
+from l3node.analysis.spine import analyse_spine
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig
 from l3node.train.evaluate_l3 import L3Case, case_from_folder, evaluate_l3, main_evaluate_l3, score_case
@@ -121,6 +122,41 @@ def test_convention_picks_the_sacrum_count_when_asked():
     assert by_ribs.sacrum_count_z_mm == pytest.approx(by_sacrum.z_mm)
     assert by_ribs.rib_count_z_mm == pytest.approx(by_ribs.z_mm)
     assert abs(by_sacrum.z_mm - by_ribs.z_mm) > 15  # one vertebra apart
+
+
+def test_thoracic_ribs_found_when_pelvic_bone_looks_like_ribs():
+    """Dev seed 2004 (1 mm slices): the canal track leaves the column in the pelvis and iliac
+    bone beside merged "vertebrae" measured as long ribs used to end the rib walk there, so
+    no thoracic rib was found and the answer was a refusal."""
+    p = phantom.make_phantom("combined", 2004, matrix=256)
+    truth = p.ground_truth["vertebrae"]
+    spine = analyse_spine(p.volume)
+    t11 = [v for v in spine.vertebrae if abs(v.z_inferior_mm - truth["T11"]["z_inferior_mm"]) < 10]
+    assert t11 and t11[0].rib_mm >= 38.0
+    result = locate_l3(p.volume, RIBS)
+    assert result.status is not L3Status.NOT_IN_FIELD_OF_VIEW, result.method
+    t12 = [v for v in result.vertebrae if v.name == "T12"]
+    assert t12 and abs(t12[0].z_inferior_mm - truth["T12"]["z_inferior_mm"]) < 10
+
+
+def test_l3_without_a_measured_body_is_counted_but_not_given_a_slice():
+    """Same acquisition: below L2 the track runs in front of the spine (no body measured there);
+    an endplate cut among those segments may be a level off: no slice, but not 'not in view'."""
+    p = phantom.make_phantom("l1_rib", 2004, matrix=256)
+    result = locate_l3(p.volume, RIBS)
+    assert result.status is L3Status.UNCERTAIN and result.confidence <= 0.3
+    assert result.z_mm is None and result.slice_index is None
+
+
+@pytest.mark.parametrize("seed", [2003, 2009])
+def test_lumbarized_sacrum_is_recognised_by_the_alae_at_its_top(seed):
+    """Under a lumbarized S1 the sacrum (S2 down, merged with what lies below) carries alae
+    only at its top; judged over its whole length it was missed and the class was unknown."""
+    p = phantom.make_phantom("lumbarization", seed, matrix=256)
+    result = locate_l3(p.volume, RIBS)
+    assert result.sacrum_count_z_mm is not None, result.notes
+    assert result.variant is Variant.LUMBOSACRAL, (result.method, result.notes)
+    assert abs(result.z_mm - p.ground_truth["l3_inferior_endplate_z_mm"]) < 10.0
 
 
 @pytest.mark.parametrize("variant,seed", [("normal", 21), ("lumbarization", 403), ("six_lumbar", 403)])

@@ -39,6 +39,7 @@ from enum import Enum
 import numpy as np
 
 from l3node.analysis.spine import NORMAL_RIB_MIN_MM, SpineAnalysis, VertebraFound, analyse_spine
+from l3node.analysis.spine_column import MIN_HALF_WIDTH_MM
 from l3node.analysis.volume import Volume
 from l3node.config import AnalysisConfig
 from l3node.logs import get_logger
@@ -313,6 +314,13 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
             return _outside(volume, spine, len(vs), method, variant, vertebrae, notes, rib_z, sac_z)
         notes.append("L3 is the lowest vertebra: its endplate is at the scan edge, no disc seen below")
         status, confidence = L3Status.UNCERTAIN, min(confidence, 0.4)
+    if 0 < v.half_width_mm <= MIN_HALF_WIDTH_MM:  # 0: width not measured
+        # No body where "L3" was sampled: the canal track has left the column there, and the
+        # cuts between its "vertebrae" are not endplates. The level is counted, not located.
+        notes.append("no vertebral body measured at the L3 level: the column may be mis-tracked there")
+        return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.3), variant,
+                          method + "; L3 counted but its endplate not identified", vertebrae, (), tuple(notes),
+                          rib_z, sac_z)
     if not volume.contains_z(z):
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     k = volume.slice_index_at(z)

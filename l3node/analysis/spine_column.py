@@ -283,6 +283,10 @@ def _segments(grid: WorkingGrid, track: CanalTrack, profile: BodyProfile,
     return found[::-1], sacrum_length
 
 
+MIN_HALF_WIDTH_MM = 10.0
+"""Floor of the measured body half width: a width at the floor means no body was seen there."""
+
+
 def _half_width_mm(grid: WorkingGrid, v: VertebraFound, rows_mm: tuple[float, float] = (-7.0, -1.0),
                    soft_mm: float = 5.0) -> float:
     """Half width of the body, measured on a left-right line through its anterior half.
@@ -313,7 +317,7 @@ def _half_width_mm(grid: WorkingGrid, v: VertebraFound, rows_mm: tuple[float, fl
             if soft * dc > soft_mm:
                 break
         widths.append((last + 0.5) * dc)
-    return float(np.clip(min(widths) if widths else 20.0, 10.0, 34.0))
+    return float(np.clip(min(widths) if widths else 20.0, MIN_HALF_WIDTH_MM, 34.0))
 
 
 def _tp_volume_cm3(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound) -> float:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from l3node.analysis.spine_column import VertebraFound, _half_width_mm
+from l3node.analysis.spine_column import MIN_HALF_WIDTH_MM, VertebraFound, _half_width_mm
 from l3node.analysis.spine_grid import CanalTrack, WorkingGrid, k_range as _k_range
 
 ALA_HU = 100.0
 """Bone-like on the working grid, even osteoporotic (cancellous >= ~120 HU); disc/psoas lower."""
+ALA_REACH_MM = 20.0
+"""How far below the top of a segment the alae are looked for: they flank the top of the
+sacrum only, and its lower part (or what a lost canal track merged into it) has none."""
 
 
 def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound) -> float:
@@ -24,7 +27,10 @@ def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound) -> floa
     The ala must be *continuous* with the body (bone-like all the way out, :data:`ALA_HU`):
     bowel with oral contrast (~280 HU) lies beside lumbar bodies too, behind the psoas.
     """
-    k0, k1 = _k_range(grid, v.z_inferior_mm + 2, v.z_superior_mm - 2)
+    # The alae flank the top of the sacrum (S1-S2); a long segment (the sacrum under a
+    # lumbarized S1, or merged with its lower, narrow part) is judged by its top.
+    z_lo = max(v.z_inferior_mm, v.z_superior_mm - ALA_REACH_MM)
+    k0, k1 = _k_range(grid, z_lo + 2, v.z_superior_mm - 2)
     if k1 < k0:
         return 0.0
     dr, dc = grid.spacing_mm[1:]
@@ -102,14 +108,19 @@ def merge_sacrum(grid: WorkingGrid, bone: np.ndarray, vs: list[VertebraFound], l
     # Own (unsmoothed) width: the sacrum narrows fast and must not borrow lumbar widths.
     sacral = [v.sacral or _ala_fraction(grid, bone, VertebraFound(**{
         **v.__dict__, "half_width_mm": min(v.half_width_mm, _half_width_mm(grid, v))})) >= 0.4 for v in vs]
-    i = len(vs)
+    # Below the sacrum no mobile vertebra exists: trailing segments without a body where they
+    # were sampled (half width at the floor: the canal track lost in the pelvis) belong to it.
+    end = len(vs)
+    while end > 0 and not sacral[end - 1] and _half_width_mm(grid, vs[end - 1]) <= MIN_HALF_WIDTH_MM:
+        end -= 1
+    i = end
     while i > 0 and sacral[i - 1]:
         i -= 1
-    if i == len(vs):
+    if i == end:
         return vs, None
     if not pelvis_seen:
         notes.append("sacrum-like bone without iliac bones beside it")
-    run = vs[i:]
+    run = vs[i:end]  # trailing pieces are dropped: pelvis or lower sacrum, never a vertebra
     top, bottom = run[0], run[-1]
     merged = VertebraFound(**{**top.__dict__, "z_inferior_mm": bottom.z_inferior_mm, "disc_below_mm": 0.0,
                               "inferior_seen": bottom.inferior_seen, "sacral": True})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from l3node.analysis.spine_column import VertebraFound
+from l3node.analysis.spine_column import MIN_HALF_WIDTH_MM, VertebraFound
 from l3node.analysis.spine_grid import WorkingGrid, k_range as _k_range
 
 NORMAL_RIB_MIN_MM = 38.0
@@ -20,6 +20,12 @@ NORMAL_RIB_MIN_MM = 38.0
 RIB_SPLIT_BIAS_MM = 20.0
 RIB_HEAD_MIN_HU = 300.0
 RIB_BONE_HU = 250.0
+CAGE_LEVEL_MAX_HEIGHT_MM = 45.0
+"""A "vertebra" higher than this is no single thoracic body (18-30 mm) but merged segments,
+typically pelvic bone cut by a lost canal track; one whose half width sits at the floor
+(:data:`~l3node.analysis.spine_column.MIN_HALF_WIDTH_MM`) has no body where it was sampled.
+Their lateral bone (iliac wings, bowel contrast) is measured like a rib but never counts
+towards reaching the thoracic cage."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,10 @@ def find_ribs(grid: WorkingGrid, vertebrae: list[VertebraFound],
     """Measure the ribs of each vertebra, from the lowest mobile one upwards.
 
     Stops after three consecutive levels with normal ribs (the thoracic cage is reached);
-    nothing below the iliac crests carries a rib. Returns the vertebrae with
+    nothing below the iliac crests carries a rib. Levels that cannot be a thoracic body (see
+    :data:`CAGE_LEVEL_MAX_HEIGHT_MM`) neither extend nor break that run: when the crests are
+    missed, iliac wings beside merged pelvic segments look like long ribs and would end the
+    walk before the real cage. Returns the vertebrae with
     ``rib_left_mm``/``rib_right_mm`` filled and the ribs found (indices into ``vertebrae``).
     """
     # Above enhancing kidney cortex and organs (arterial phase ~190 HU), which touch the
@@ -183,6 +192,8 @@ def find_ribs(grid: WorkingGrid, vertebrae: list[VertebraFound],
             if length > 0:
                 ribs.append(Rib(side, length, z_head, i))
         out[i] = VertebraFound(**{**v.__dict__, "rib_left_mm": left, "rib_right_mm": right})
+        if v.height_mm > CAGE_LEVEL_MAX_HEIGHT_MM or 0 < v.half_width_mm <= MIN_HALF_WIDTH_MM:
+            continue
         normal_run = normal_run + 1 if max(left, right) >= NORMAL_RIB_MIN_MM else 0
         if normal_run >= 3:
             break
