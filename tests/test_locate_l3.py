@@ -315,3 +315,13 @@ def test_evaluate_writes_table_csv_and_box_plot(tmp_path):
     assert "| all | 1 |" in table and "| normal | 1 |" in table
     assert paths["csv"].read_text().count("\n") == 2
     assert paths["box_plot"].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("variant", ["normal", "t12_rib_aplasia"])
+def test_lumbar_named_vertebra_with_a_long_rib_gets_no_slice(variant):
+    """Chest-only scan at 0.625 mm (seed 6002): ribs misread put "L3" in the chest; a vertebra
+    counted as lumbar that carries a rib-cage rib makes the count inconsistent, so no slice."""
+    case = phantom.make_phantom(variant, 6002, matrix=256)
+    assert case.ground_truth["l3_inferior_endplate_z_mm"] is None  # chest only
+    result = locate_l3(case.volume)
+    assert result.z_mm is None and result.slice_index is None

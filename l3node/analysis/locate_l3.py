@@ -305,6 +305,13 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
     if not 0 <= chosen < len(vs):
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     v = vs[chosen]
+    if from_ribs and any((vs[i].rib_mm or 0) >= CAGE_RIB_MIN_MM for i in range(anchor + 1, chosen + 1)):
+        # A vertebra counted as lumbar carries a rib-cage rib: the count itself is wrong
+        # (ribs missed or misread), so naming a slice would be a guess.
+        notes.append("a vertebra counted as lumbar carries a long rib: the rib count is inconsistent")
+        return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.2), variant,
+                          method + "; count inconsistent, L3 not identified", vertebrae, (), tuple(notes),
+                          rib_z, sac_z)
     if v.sacral:
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     z = v.z_inferior_mm
