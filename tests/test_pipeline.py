@@ -111,3 +111,34 @@ def test_corrupt_file_does_not_stop_the_analysis(phantom_study, tmp_path):
     outcome = analyse_study(study, tmp_path / "out", Config())
     assert outcome.status == "done"
     assert "file:garbage.dcm" in outcome.rejected_series
+
+
+def _second_series(phantom_study: Path, study: Path) -> None:
+    """Copy the phantom's series as a second series (new UIDs, thicker description) of the same study."""
+    shutil.copytree(phantom_study / "dicom", study / "first")
+    second = study / "second"
+    second.mkdir()
+    series_uid = pydicom.uid.generate_uid()
+    for path in sorted((phantom_study / "dicom").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.SeriesNumber = 3
+        ds.save_as(second / path.name, enforce_file_format=True)
+
+
+def test_analyse_best_or_all_eligible_series(phantom_study, tmp_path):
+    _second_series(phantom_study, tmp_path / "study")
+    best = analyse_study(tmp_path / "study", tmp_path / "best", Config())
+    assert best.status == "done"
+    assert [p.name for p in best.output_files] == ["seg.dcm", "sr.dcm", "overlay.dcm"]
+    assert len(best.rejected_series) == 1  # the other series, with the reason it was not the best
+
+    config = Config.model_validate({"selection": {"analyse": "all"}})
+    every = analyse_study(tmp_path / "study", tmp_path / "all", config)
+    results = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert [p.name for p in every.output_files] == [
+        "seg.dcm", "sr.dcm", "overlay.dcm", "seg_1.dcm", "sr_1.dcm", "overlay_1.dcm"]
+    assert len(results["other_series"]) == 1
+    assert results["other_series"][0]["series_instance_uid"] != results["series_instance_uid"]
+    assert every.rejected_series == {}
