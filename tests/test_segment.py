@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from l3node.analysis.compartments import organs_and_fluid
 from l3node.analysis.segment import body_mask, segment_at_l3, segment_slice
 from l3node.analysis.slice_vertebra import find_vertebra
 from l3node.analysis.tissues import Tissue
@@ -152,6 +153,117 @@ def test_canal_of_an_open_arch_is_vertebra_not_muscle(gap_px):
     assert not spine.bone[multifidus].any(), "multifidus beside the spinous process taken as canal"
 
 
+def test_bowel_loop_pressed_on_the_wall_is_not_muscle():
+    hu, truth = _drawn_slice()
+    loop = _ellipse(hu.shape, (60, 120), (12, 12))  # overlaps the anterior wall's inner edge
+    gas = _ellipse(hu.shape, (60, 120), (9, 9))
+    hu[loop] = 40.0
+    hu[gas] = -950.0
+    truth[loop] = 0
+    labels = segment_slice(hu, (PIXEL_MM, PIXEL_MM))
+    assert (labels[loop & ~gas] == Tissue.SKELETAL_MUSCLE).mean() < 0.12, "bowel wall taken for muscle"
+    assert dice(labels == Tissue.SKELETAL_MUSCLE, truth == Tissue.SKELETAL_MUSCLE) > 0.98
+
+
+def _spine_with_contrast_bowel(level: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A vertebra at 1.5 mm pixels with contrast-filled bowel (300 HU) larger than its bone.
+
+    ``"disc"``: a disc (90 HU) with its neural arch behind it, the bowel far in front.
+    ``"body"``: a vertebral body with a separate arch, the bowel against the body's side.
+    """
+    shape = (200, 200)
+    hu = np.full(shape, 40.0)
+    arch = np.zeros(shape, bool)
+    arch[118:124, 80:121] = True  # laminae
+    arch[124:150, 97:104] = True  # spinous process
+    if level == "disc":
+        front = _ellipse(shape, (100, 100), (14, 20))
+        hu[front] = 90.0
+        bowel = _ellipse(shape, (50, 100), (18, 24))
+    else:
+        front = _ellipse(shape, (95, 100), (15, 20))
+        hu[front] = 250.0
+        bowel = _ellipse(shape, (70, 140), (20, 26)) & ~front
+    hu[arch] = 500.0
+    hu[bowel] = 300.0
+    return hu, {"front": front, "arch": arch, "bowel": bowel}
+
+
+@pytest.mark.parametrize("level", ["disc", "body"])
+def test_contrast_bowel_larger_than_the_vertebra_is_not_the_vertebra(level):
+    hu, parts = _spine_with_contrast_bowel(level)
+    spine = find_vertebra(hu, hu >= 150.0, (1.5, 1.5))
+    assert spine is not None
+    assert not spine.bone[parts["bowel"]].any(), "bowel taken for the vertebra"
+    assert spine.bone[parts["arch"]].all()
+    assert spine.bone[parts["front"]].mean() > 0.9, "disc or vertebral body missed"
+
+
+def test_muscle_blurred_against_the_vertebra_is_muscle():
+    hu, truth = _drawn_slice()
+    vertebra = _ellipse(hu.shape, (140, 150), (14, 17))
+    psoas = (_ellipse(hu.shape, (138, 126), (12, 10)) | _ellipse(hu.shape, (138, 174), (12, 10))) & ~vertebra
+    hu[psoas] = 45.0
+    blurred = ndi.gaussian_filter(hu, 0.8)
+    # Psoas pixels touching the cortex, brightened by it but still in the muscle range.
+    against = psoas & ndi.binary_dilation(vertebra) & (blurred <= 150.0)
+    assert against.sum() >= 10
+    labels = segment_slice(blurred, (PIXEL_MM, PIXEL_MM))
+    assert (labels[against] == Tissue.SKELETAL_MUSCLE).mean() > 0.8
+    assert (labels[psoas] == Tissue.SKELETAL_MUSCLE).mean() > 0.9
+    assert not labels[vertebra & (blurred > 150.0)].any(), "bone labelled"
+
+
+def test_psoas_edge_next_to_fat_is_not_fluid():
+    shape = (200, 240)
+    hu = np.full(shape, -100.0)
+    inside = _ellipse(shape, (100, 120), (95, 115))
+    hu[_ellipse(shape, (160, 120), (30, 60))] = 45.0  # back muscles
+    vertebra = _ellipse(shape, (110, 120), (14, 17))
+    hu[vertebra] = 400.0
+    psoas = (_ellipse(shape, (108, 90), (12, 10)) | _ellipse(shape, (108, 150), (12, 10))) & ~vertebra
+    hu[psoas] = 45.0
+    fluid = _ellipse(shape, (50, 70), (12, 12))  # bowel content, darker than muscle
+    hu[fluid] = 5.0
+    hu[~inside] = -1000.0
+    muscle_hu = (hu >= -29) & (hu <= 150) & inside
+    spine = find_vertebra(hu, (hu >= 150) & inside, (1.5, 1.5))
+    _, not_muscle = organs_and_fluid(hu, muscle_hu, inside, spine, 45.0, (1.5, 1.5))
+    edge = psoas & ~ndi.binary_erosion(psoas) & ~ndi.binary_dilation(vertebra)
+    assert not_muscle[edge].mean() < 0.05, "fat beside the psoas made its edge fluid"
+    assert not_muscle[ndi.binary_erosion(fluid, iterations=2)].all(), "bowel content not fluid"
+
+
+def test_arm_lying_against_the_torso_is_cut_off():
+    pixel = 2.0
+    shape = (160, 260)
+    hu = np.full(shape, -1000.0)
+    torso = _ellipse(shape, (80, 120), (55, 80))
+    hu[torso] = -100.0
+    hu[_ellipse(shape, (80, 120), (40, 62))] = 40.0
+    arm = _ellipse(shape, (85, 222), (24, 24))
+    hu[arm] = -100.0
+    arm_core = _ellipse(shape, (85, 222), (14, 14))
+    hu[arm_core] = 40.0
+    hu[_ellipse(shape, (85, 222), (4, 4))] = 700.0  # humerus
+    # Pressed against the torso over 48 mm: wider than any neck the opening cuts.
+    contact = np.zeros(shape, bool)
+    contact[73:97, 190:205] = True
+    hu[contact & ~torso & ~arm] = -100.0
+    body = body_mask(hu, (pixel, pixel))
+    assert not body[arm_core].any(), "arm kept"
+    assert body[torso].all()
+    # The same lobe without a bone is a roll of fat on the flank: kept.
+    hu[_ellipse(shape, (85, 222), (4, 4))] = 40.0
+    assert body_mask(hu, (pixel, pixel))[arm_core].all(), "boneless flank roll dropped"
+    # A lobe in front of the torso (a pannus) is belly, never an arm.
+    belly = np.full(shape, -1000.0)
+    belly[torso] = -100.0
+    lobe = _ellipse(shape, (30, 120), (25, 45))
+    belly[lobe] = -100.0
+    assert body_mask(belly, (pixel, pixel))[lobe].all()
+
+
 def test_rejects_non_2d():
     with pytest.raises(ValueError, match="2D"):
         segment_slice(np.zeros((2, 4, 4)), (1.0, 1.0))
@@ -177,11 +289,15 @@ def test_segment_at_l3_single_and_averaged(drawn):
         segment_at_l3(volume, 3, AnalysisConfig())
 
 
-# Measured 2026-11-26 05:30 on ts_example_ct_sm lumbar slices k=0..14 (L2-L1), 3 mm pixels: muscle
-# Dice mean 0.868 (min 0.843), SAT mean 0.932 (min 0.914); before the wall-edge, canal and organ
-# reference changes 0.842 (0.807) and 0.920 (0.909). The issue's target is 0.90 for both; muscle
-# misses it against this silver reference (5 % of its muscle pixels are below -29 HU, and it leaves
-# out the diaphragm that lines the wall at T12-L2). Thresholds sit just below the measurement.
+# Measured 2026-11-26 07:30 on ts_example_ct_sm lumbar slices k=0..14 (L2-L1), 3 mm pixels: muscle
+# Dice mean 0.866 (min 0.837), SAT mean 0.932 (min 0.914); the same reference within our HU ranges:
+# muscle 0.888 (0.865), SAT 0.943. (05:30: muscle 0.868 (0.843); the vertebra rim, psoas-edge and
+# bowel-wall changes since then add 507 muscle pixels here of which TotalSegmentator has 148, and
+# remove 77 of which it has 1: it draws muscle tighter than "compartment within -29..150 HU" at
+# 3 mm, while on phantoms, whose truth is exact, 76 % of what they add is right.) The issue's target
+# is 0.90 for both; muscle misses it against this silver reference (5 % of its muscle pixels are
+# below -29 HU, and it leaves out the diaphragm and crura that line the wall and spine at T12-L2).
+# Thresholds sit just below the measurement.
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real CT reference data not found at {REAL}")
 def test_real_ct_against_silver_masks():
     results = evaluate_reference_folder(REAL, range(0, 15))
@@ -191,6 +307,10 @@ def test_real_ct_against_silver_masks():
     assert muscle.min() >= 0.83, muscle.round(3)
     assert sat.mean() >= 0.92, sat.round(3)
     assert sat.min() >= 0.90, sat.round(3)
+    # The same reference within our HU ranges (our tissue definition) agrees better.
+    in_hu = np.array([r.dice["silver_skeletal_muscle_in_hu"] for r in results])
+    assert in_hu.mean() >= 0.88 and (in_hu > muscle).all(), in_hu.round(3)
+    assert np.mean([r.dice["silver_sat_in_hu"] for r in results]) >= sat.mean()
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real CT reference data not found at {REAL}")
@@ -212,13 +332,15 @@ def _phantom_result(seed: int):
     return evaluate_labels(f"phantom:{seed}", k, labels, np.asarray(phantom.tissue_labels[k]), volume.pixel_area_mm2)
 
 
-# Measured 2026-11-26 05:35 (matrix 256, 5 mm; phantom truth = compartment within the HU range):
-# seed 0 muscle/IMAT/VAT/SAT Dice 0.942/0.858/0.974/0.988, CSA error SMA 0.3 %, IMAT 4.0 %,
-# VAT 2.2 %, SAT 2.3 %; seed 3 0.962/0.889/0.986/0.991, SMA 3.7 %, IMAT 8.1 %, VAT 0.2 %, SAT 1.6 %.
-# Over 20 phantoms (normal 0-9, nine variants 10-19): Dice 0.952/0.872/0.983/0.994, mean CSA error
-# SMA 3.1 %, IMAT 9.5 %, VAT 1.7 %, SAT 0.9 %.
-# The issue's 0.97 Dice and 1 % SMA error are not reached: psoas and bone rims, the quadratus
-# lumborum's edges and the phantom's thicker skin (SAT over by 1-2 cm^2) remain.
+# Measured 2026-11-26 07:30 (matrix 256, 5 mm; phantom truth = compartment within the HU range):
+# seed 0 muscle/IMAT/VAT/SAT Dice 0.954/0.863/0.975/0.988, CSA error SMA 2.9 %, IMAT 4.8 %,
+# VAT 2.3 %, SAT 2.3 %; seed 3 0.978/0.893/0.986/0.991, SMA 1.2 %, IMAT 7.4 %, VAT 0.2 %, SAT 1.6 %.
+# Over 20 development phantoms (seeds 0-19, variants in turn): Dice 0.963/0.868/0.984/0.995, mean
+# CSA error SMA 2.8 %, IMAT 10.8 %, VAT 1.6 %, SAT 0.8 %; over 10 never tuned on (seeds 1000-1009):
+# 0.966/0.848/0.982/0.993, SMA 1.3 %, IMAT 10.2 %, VAT 1.1 %, SAT 1.0 %.
+# The issue's 0.97 Dice and 1 % SMA error are not reached: bowel loops of muscle HU against the
+# psoas or the wall are taken for muscle, and IMAT is mostly single pixels whose side of the muscle
+# edge noise decides.
 @pytest.mark.parametrize("seed", [0, 3])
 def test_phantom_l3_slice(seed):
     result = _phantom_result(seed)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["ARM_BRIDGE_MM", "BODY_HU", "SKIN_MM", "body_mask", "largest_component"]
+__all__ = [
+    "ARM_BRIDGE_MM", "BODY_HU", "FOLD_MM", "LIMB_BONE_MM2", "LIMB_MAX_FRACTION", "LIMB_PROMINENCE_MM", "SKIN_MM",
+    "body_mask", "drop_limbs", "largest_component",
+]
 
 BODY_HU = -500.0
 """Above this a pixel is patient, table or clothing; below it air."""
@@ -17,6 +20,23 @@ ARM_BRIDGE_MM = 12.0
 """Body parts joined by a neck narrower than twice this (arms, table) are cut off."""
 SKIN_MM = 2.0
 """Skin thickness excluded from SAT (at least one pixel)."""
+FOLD_MM = 3.0
+"""Air enclosed this close to the outline (or one pixel) lies in a skin fold between arm and torso,
+not in bowel or lung."""
+LIMB_MIN_DEPTH_MM = 15.0
+"""A part of the outline whose centre lies less deep than this is not an arm (too thin to matter) ..."""
+LIMB_PROMINENCE_MM = 10.0
+"""... nor is one whose depth falls by less than this on the way to the torso's centre:
+an arm lying against the torso is joined by a neck narrower than itself."""
+LIMB_WINDOW_MM = 30.0
+"""Depth maxima are looked for within this window."""
+LIMB_BONE_HU = 200.0
+"""Bone of an arm: cortex of the humerus, radius or ulna ..."""
+LIMB_BONE_MM2 = 50.0
+"""An arm holds at least this much bone of at least LIMB_BONE_HU (humerus, or radius and ulna)."""
+LIMB_MAX_FRACTION = 0.25
+"""Arms are less than this fraction of the cross-section, alone or together; a larger lobe is
+torso (a chest wall around a lung base, a flank), kept."""
 
 
 def body_mask(hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
@@ -24,7 +44,8 @@ def body_mask(hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
 
     The largest component above ``BODY_HU``, opened by a disc of ``ARM_BRIDGE_MM``
     so that arms, table and mattress joined by narrow necks fall away, grown back
-    inside the original outline, with internal gas filled.
+    inside the original outline; arms lying against the torso over a broad contact
+    are cut off by :func:`drop_limbs`; internal gas is filled.
 
     Parameters
     ----------
@@ -55,7 +76,112 @@ def body_mask(hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
     if core.any():
         reach = ndi.distance_transform_edt(~core, sampling=pixel_mm)
         largest = largest_component(largest & (reach <= ARM_BRIDGE_MM + max(pixel_mm)))
-    return ndi.binary_fill_holes(largest)
+    # Air enclosed between an arm and the torso is not internal gas: it lies within a
+    # skin fold of the outline. It stays out while arms are looked for.
+    filled = ndi.binary_fill_holes(largest)
+    holes, n = ndi.label(filled & ~largest)
+    if n:
+        near_outside = ndi.distance_transform_edt(filled, sampling=pixel_mm) <= max(FOLD_MM, *pixel_mm)
+        folds = np.isin(holes, np.unique(holes[near_outside & (holes > 0)]))
+        filled &= ~folds
+    return ndi.binary_fill_holes(drop_limbs(largest_component(filled), pixel_mm, hu >= LIMB_BONE_HU))
+
+
+def drop_limbs(body: np.ndarray, pixel_mm: tuple[float, float], bone: np.ndarray | None = None) -> np.ndarray:
+    """The body without arms that lie against it over a broad contact.
+
+    An arm joined by a neck wider than ``2 * ARM_BRIDGE_MM`` survives the opening of
+    :func:`body_mask`. On the depth map (distance to the outline) an arm is a
+    separate summit: at least ``LIMB_MIN_DEPTH_MM`` deep, beside (not in front of
+    or behind) the torso's deepest point, and the depth on the best path to the
+    torso falls by at least ``LIMB_PROMINENCE_MM`` below it. Each pixel then goes
+    to the nearest of the parts deeper than the saddles (torso or arm); the arms'
+    shares are dropped, except a share with less than ``LIMB_BONE_MM2`` of ``bone``
+    (a fat roll of the flank) or of ``LIMB_MAX_FRACTION`` of the section or more;
+    nothing is dropped when the arms together would be that large. The edge of the
+    image counts as outline, so an arm cut by the field of view is found as well.
+
+    Parameters
+    ----------
+    body:
+        Boolean mask of one connected body outline.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+    bone:
+        Bone pixels (``LIMB_BONE_HU`` and above); without it any lobe that passes the
+        other tests is an arm.
+
+    Returns
+    -------
+    numpy.ndarray
+        The mask without arms; ``body`` itself when no arm is found.
+    """
+    if not body.any():
+        return body
+    # Outside the field of view counts as outline: a lobe cut by it is no deeper than it shows.
+    depth = ndi.distance_transform_edt(np.pad(body, 1), sampling=pixel_mm)[1:-1, 1:-1]
+    size = max(3, int(round(LIMB_WINDOW_MM / min(pixel_mm))) | 1)
+    summits = (depth >= ndi.maximum_filter(depth, size=size)) & (depth >= LIMB_MIN_DEPTH_MM)
+    labelled, n = ndi.label(summits)
+    if n < 2:
+        return body
+    index = np.arange(1, n + 1)
+    heights = ndi.maximum(depth, labelled, index)
+    centres = ndi.center_of_mass(summits, labelled, index)
+    torso = int(np.argmax(heights))
+    limbs = []
+    for i in range(n):
+        if i == torso:
+            continue
+        d_row = (centres[i][0] - centres[torso][0]) * pixel_mm[0]
+        d_col = (centres[i][1] - centres[torso][1]) * pixel_mm[1]
+        if abs(d_col) <= abs(d_row):
+            continue  # in front of or behind the torso's centre: belly or back, never an arm
+        saddle = _saddle(depth, labelled == i + 1, labelled == torso + 1, heights[i])
+        if heights[i] - saddle >= LIMB_PROMINENCE_MM:
+            limbs.append((i + 1, saddle))
+    if not limbs:
+        return body
+    # Above its saddle level each arm is apart from the torso; every pixel goes to
+    # the nearest of those cores, which cuts each neck about halfway.
+    cores = np.zeros(body.shape, np.int16)
+    top_saddle = max(saddle for _, saddle in limbs)
+    parts, _ = ndi.label(depth > top_saddle)
+    cores[parts == parts[labelled == torso + 1].max()] = 1
+    for k, (i, saddle) in enumerate(limbs, start=2):
+        parts, _ = ndi.label(depth > saddle)
+        cores[(parts == parts[labelled == i].max()) & (cores == 0)] = k
+    nearest = ndi.distance_transform_edt(cores == 0, sampling=pixel_mm, return_distances=False, return_indices=True)
+    owner = np.where(body, cores[nearest[0], nearest[1]], 0)
+    total = float(body.sum())
+    dropped = 0.0
+    pixel_mm2 = pixel_mm[0] * pixel_mm[1]
+    for k in range(2, len(limbs) + 2):
+        share = owner == k
+        # An arm has its humerus (or forearm bones); a fat roll of the flank has no bone.
+        boneless = bone is not None and (share & bone).sum() * pixel_mm2 < LIMB_BONE_MM2
+        if share.sum() > LIMB_MAX_FRACTION * total or boneless:
+            owner[share] = 1
+        else:
+            dropped += share.sum()
+    if dropped > LIMB_MAX_FRACTION * total:
+        return body
+    return largest_component(owner == 1)
+
+
+def _saddle(depth: np.ndarray, summit: np.ndarray, torso: np.ndarray, top: float) -> float:
+    """A depth level at which ``summit`` is apart from ``torso``, at most 1 mm above the highest
+    at which they are joined."""
+    low, high = 0.0, top
+    while high - low > 1.0:
+        level = (low + high) / 2
+        labelled, _ = ndi.label(depth >= level)
+        joined = np.intersect1d(labelled[summit], labelled[torso])
+        if joined[joined > 0].size:
+            low = level
+        else:
+            high = level
+    return high
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

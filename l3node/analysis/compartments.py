@@ -14,17 +14,25 @@ from l3node.analysis.body_wall import MUSCLE, PARASPINAL_HALF_WIDTH_MM
 from l3node.analysis.slice_vertebra import SpinePlane
 
 __all__ = [
-    "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "back_muscle_hu", "imat_compartment",
-    "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "smoothed_hu",
+    "BOWEL_WALL_MM", "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "back_muscle_hu", "imat_compartment",
+    "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "smoothed_hu", "soft_tissue_hu",
 ]
 
 GAS_HU = -400.0
 """Bowel gas; fat-range pixels within GAS_MARGIN_MM of it are partial volume or stool."""
 GAS_MARGIN_MM = 3.0
+BOWEL_WALL_MM = 4.0
+"""Soft tissue within this of bowel gas is bowel wall (up to 3 mm, and a pixel of partial
+volume), never muscle, even where the loop is pressed on the abdominal wall or psoas."""
 ORGAN_DELTA_HU = 12.0
 """Smoothed soft tissue this much brighter than the back muscles is an organ (liver, spleen)."""
 FLUID_DELTA_HU = 20.0
 """Smoothed soft tissue this much darker than the back muscles is fluid (bowel content), not psoas."""
+EDGE_DELTA_HU = 10.0
+"""... unless its soft-tissue neighbours (:func:`soft_tissue_hu`) are within this of the back
+muscles': then only fat beside it darkened the mean, and it is a muscle edge. Without this
+the edge pixels of every psoas and quadratus lumborum were fluid: 4-11 cm^2 of muscle per
+phantom, 118 cm^2 over 20 phantoms."""
 FASCIA_BAND_MM = 6.0
 """Depth below the fascia sampled for the patient's own muscle HU."""
 
@@ -114,6 +122,33 @@ def smoothed_hu(hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
     return ndi.uniform_filter(np.clip(hu, -200, 300), size=size)
 
 
+def soft_tissue_hu(hu: np.ndarray, soft: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Mean HU of the soft-tissue (muscle-range) pixels within about 5 mm.
+
+    Unlike :func:`smoothed_hu`, fat next to a muscle does not darken its edge:
+    only ``soft`` pixels enter the mean (normalised convolution).
+
+    Parameters
+    ----------
+    hu:
+        2D slice in HU.
+    soft:
+        Muscle-range pixels.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        The mean over ``soft`` pixels of an odd window of about 5 mm; ``nan``-free,
+        with the plain HU where no soft pixel is near.
+    """
+    size = max(3, int(round(5.0 / min(pixel_mm))) | 1)
+    weight = ndi.uniform_filter(soft.astype(np.float32), size=size)
+    total = ndi.uniform_filter(np.where(soft, hu, 0.0).astype(np.float32), size=size)
+    return np.where(weight > 0, total / np.maximum(weight, 1e-6), hu).astype(np.float32)
+
+
 def organs_and_fluid(
     hu: np.ndarray,
     muscle_hu: np.ndarray,
@@ -129,7 +164,10 @@ def organs_and_fluid(
     HU (:func:`back_muscle_hu`), neither diluted by fat like a thin wall nor raised
     by an organ in the wall band like ``wall_ref_hu``; ``wall_ref_hu`` stands in
     when the back muscles are not found. Behind the vertebra near the midline lie
-    only back muscles: nothing there is an organ or fluid.
+    only back muscles: nothing there is an organ or fluid. A muscle-range pixel whose
+    plain mean is dark only because fat lies beside it -- its soft-tissue mean
+    (:func:`soft_tissue_hu`) is within ``EDGE_DELTA_HU`` of the back muscles' -- is a
+    muscle edge, not fluid.
 
     Parameters
     ----------
@@ -161,6 +199,7 @@ def organs_and_fluid(
         zone[back_rows, cols] = False
         back_ref = back_muscle_hu(smooth, muscle_hu, spine, pixel_mm)
     reference = back_ref if back_ref is not None else wall_ref_hu
+    soft = soft_tissue_hu(hu, muscle_hu, pixel_mm)
     bright = zone & (smooth > reference + ORGAN_DELTA_HU)
     # The smoothing spreads an organ by half its window over the wall muscle against
     # it; at the organ's rim only pixels bright themselves are organ.
@@ -168,7 +207,11 @@ def organs_and_fluid(
     # Psoas and crura are denser than fatty back muscles: beside the spine an organ
     # must be brighter than the wall's upper quartile too.
     organ = stops_wall & (smooth > max(reference, wall_ref_hu) + ORGAN_DELTA_HU)
-    fluid = zone & (smooth < reference - FLUID_DELTA_HU)
+    # Fat beside muscle would darken a plain mean at every muscle edge; fluid is
+    # judged on the mean of the soft-tissue neighbours only.
+    soft_ref = back_muscle_hu(soft, muscle_hu, spine, pixel_mm) if spine is not None else None
+    soft_ref = soft_ref if soft_ref is not None else reference
+    fluid = zone & (smooth < reference - FLUID_DELTA_HU) & ~(muscle_hu & (soft >= soft_ref - EDGE_DELTA_HU))
     return stops_wall, organ | fluid
 
 
@@ -181,6 +224,8 @@ def muscle_compartments(
     an opening that cuts thin contacts with organs) behind the front of the
     vertebral body that touch the vertebra, or touch the wall muscle in the
     posterior half of the body. Aorta, IVC and bowel lie in front of the vertebra.
+    Kept components take back one pixel all round, also where ``not_muscle`` marked
+    it: their edge is partial volume, darkened by fat or brightened by an organ.
 
     Parameters
     ----------
@@ -227,8 +272,10 @@ def muscle_compartments(
     # at L2 of the real CT for 8 cm²).
     keep[1:] = (touches_bone & (median_row >= spine.front_row)) | ((median_row >= spine.centre[0]) & touches_wall)
     grown = keep[labelled]
-    # Give back the pixels the opening removed at the borders of kept components.
-    grown = ndi.binary_dilation(grown, iterations=1) & candidates
+    # Give back the pixels the opening removed at the borders of kept components,
+    # and their edge pixels that fat beside them made look like fluid.
+    edge = muscle_hu & posterior & beside & ~wall & ~spine.bone & (reach <= PSOAS_REACH_MM)
+    grown = ndi.binary_dilation(grown, iterations=1) & (candidates | edge)
     return muscle | grown
 
 

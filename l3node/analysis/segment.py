@@ -6,18 +6,21 @@ lives in the module named. The steps of :func:`segment_slice`:
 
 1. Body (:func:`~l3node.analysis.body.body_mask`) -- the largest component above
    -500 HU after an opening that cuts table, mattress and arms off at narrow
-   contacts; internal gas filled.
+   contacts; arms lying against the torso cut off where the depth map has a
+   saddle between them; internal gas filled.
 2. Fascia (:func:`~l3node.analysis.body_wall.fascia_radii`) -- rays from the body
    centre, sampled every half pixel. Walking inward from the skin, the
    subcutaneous fat ends at the first soft-tissue run thicker than a septum.
    Radii that leave their angular neighbours' median are replaced by it.
    Everything inside is "inside".
-3. Vertebra (:func:`~l3node.analysis.slice_vertebra.find_vertebra`) -- bone pieces,
+3. Vertebra (:func:`~l3node.analysis.slice_vertebra.find_vertebra`) -- bone pieces
+   (never contrast-filled bowel in front of the neural arch),
    cancellous bone and disc, and the spinal canal (enclosed by the arch, or between
    body and arch near the midline).
 4. Organs and fluid (:func:`~l3node.analysis.compartments.organs_and_fluid`) --
    smoothed soft tissue clearly brighter than the back muscles is an organ, clearly
-   darker is fluid (bowel content).
+   darker is fluid (bowel content) -- unless only fat beside it darkens the mean
+   (a muscle edge: the mean of its soft-tissue neighbours is muscle-like).
 5. Muscle wall (:func:`~l3node.analysis.body_wall.walk_walls`,
    :func:`~l3node.analysis.body_wall.wall_thickness`) -- continuing inward from the
    fascia, the wall lasts while pixels are muscle-range (thin fat planes crossed)
@@ -31,8 +34,11 @@ lives in the module named. The steps of :func:`segment_slice`:
 7. Wall edges -- muscle-range pixels straddling the fascia or the wall's inner
    boundary, touching wall muscle, are muscle: ray samples place both boundaries
    only to within a pixel, which at 3 mm is a third of a thin wall.
+   Muscle-range pixels of the vertebra's dense rim (``SpinePlane.rim``: muscle
+   blurred by the cortex) touching muscle are muscle too.
 8. Labels: muscle-range pixels of the wall and those components are skeletal
-   muscle; fat-range pixels between muscle pixels or in small pockets enclosed
+   muscle, except within ``BOWEL_WALL_MM`` of bowel gas (the bowel wall);
+   fat-range pixels between muscle pixels or in small pockets enclosed
    by muscle are IMAT (:func:`~l3node.analysis.compartments.imat_compartment`); other
    fat-range pixels inside the fascia are VAT, except in and right behind the
    vertebra and within ``GAS_MARGIN_MM`` of bowel gas (partial volume, stool);
@@ -60,6 +66,7 @@ from l3node.analysis.body_wall import (
     wall_thickness,
 )
 from l3node.analysis.compartments import (
+    BOWEL_WALL_MM,
     FASCIA_BAND_MM,
     GAS_HU,
     GAS_MARGIN_MM,
@@ -145,10 +152,19 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     inner_edge = inside & ~wall & (geometry.rho >= geometry.at_angle(fascia_r - wall_t) - max(dy, dx))
     inner_edge &= (classes != ORGAN) & ~not_muscle & (~spine.bone if spine is not None else True)
     muscle |= muscle_hu & wall_muscle & (outer_edge | inner_edge)
+    if spine is not None and spine.rim is not None:
+        # Muscle against the vertebra is blurred by the cortex; its edge pixels are
+        # in the vertebra's dense rim (not used to find components: a kidney
+        # touching a crus would join through them).
+        muscle |= muscle_hu & spine.rim & ndi.binary_dilation(muscle)
+    gas = (hu < GAS_HU) & inside
+    gas_mm = ndi.distance_transform_edt(~gas, sampling=(dy, dx))
+    # Between bowel gas and any muscle lies the bowel wall: soft tissue this close to
+    # gas is bowel wall, also where the loop is pressed on the abdominal wall or psoas.
+    muscle &= gas_mm > max(BOWEL_WALL_MM, dy, dx)
     compartment = imat_compartment(muscle, (dy, dx))
     imat = fat_hu & compartment & ~muscle
-    gas = (hu < GAS_HU) & inside
-    near_gas = ndi.distance_transform_edt(~gas, sampling=(dy, dx)) <= max(GAS_MARGIN_MM, dy, dx)
+    near_gas = gas_mm <= max(GAS_MARGIN_MM, dy, dx)
     vat = fat_hu & inside & ~compartment & ~near_gas
     if spine is not None:
         vat &= ~around_spine(spine, inside, (dy, dx)) & ~spine.bone

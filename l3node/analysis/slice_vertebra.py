@@ -22,7 +22,12 @@ CANCELLOUS_HU = 70.0
 DENSE_PIXEL_HU = 60.0
 """... if the pixel itself is above this too (muscle beside cortex is bright only once smoothed)."""
 VERTEBRA_GATHER_MM = 30.0
-"""Bone pieces this close to the largest one, and in line with it, belong to the same vertebra."""
+"""Bone pieces this close to the main one, and in line with it, belong to the same vertebra."""
+VERTEBRA_MIN_MM2 = 200.0
+"""A bone piece smaller than this (2 cm^2) is a rib or a calcification, not a vertebra."""
+ARCH_MIN_MM2 = 400.0
+"""A bone piece wholly behind another, far from it and at least this large, is a neural arch:
+the piece in front of it is not the vertebra."""
 DISC_GATHER_MM = 60.0
 """A disc blob is looked for this close to the vertebra's bone ..."""
 DISC_MIN_MM2 = 600.0
@@ -59,12 +64,18 @@ class SpinePlane:
     """Half width with the transverse processes."""
     body_half_width_px: float
     """Half width of the vertebral body (or disc) alone."""
+    rim: np.ndarray | None = None
+    """Pixels on the outer edge of ``bone`` that are not bone pieces themselves, taken in
+    only because the smoothed image is dense there: muscle blurred by the cortex, or
+    the edge of a disc. The segmentation gives those in the muscle range to muscle
+    they touch (phantoms: 1092 such pixels right, 143 wrong over 20 slices)."""
 
 
 def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float]) -> SpinePlane | None:
     """The vertebra with its cancellous bone, disc and canal.
 
-    The largest bone piece and the pieces in line with it; dense tissue touching
+    The main bone piece (the largest one not in front of the spine: contrast-filled
+    bowel can be larger) and the pieces in line with it; dense tissue touching
     them (cancellous bone and disc, judged on a smoothed image); a disc seen apart
     from its arch; and what closings of the arch enclose or what lies between body
     and arch near the midline (the canal).
@@ -98,6 +109,8 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     dense &= ndi.distance_transform_edt(~vertebra, sampling=pixel_mm) <= VERTEBRA_GATHER_MM
     dense_labels, _ = ndi.label(dense)
     region = np.isin(dense_labels, np.unique(dense_labels[vertebra]))
+    # The outer rim of what was added may be muscle blurred by the cortex next to it.
+    rim = region & ~vertebra & ~ndi.binary_erosion(region)
     # A slice through the disc may show it apart from the neural arch (epidural
     # fat between): a disc-sized blob of disc HU in line with the vertebra.
     disc_like = (smooth > CANCELLOUS_HU) & (smooth <= DISC_MAX_HU) & (hu > DENSE_PIXEL_HU)
@@ -123,7 +136,8 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     half_width = float(np.percentile(np.abs(vc - centre[1]), 90))
     body_rows = (vr >= front) & (vr <= (front + centre[0]) / 2)
     body_half_width = float(np.percentile(np.abs(vc[body_rows] - centre[1]), 95)) if body_rows.any() else half_width
-    return SpinePlane(region, centre, front, half_width, body_half_width)
+    rim &= region & ~ndi.binary_erosion(region)
+    return SpinePlane(region, centre, front, half_width, body_half_width, rim)
 
 
 def _canal(region: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
@@ -166,19 +180,21 @@ def _gaps(line: np.ndarray, max_len: float) -> np.ndarray:
 
 
 def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray | None:
-    """Bone pixels of the vertebra: the largest bone piece and the pieces beside or behind it.
+    """Bone pixels of the vertebra: the main vertebral piece and the pieces beside or behind it.
 
     Body, pedicles and processes fall apart into pieces on a slice through an
-    endplate or a thin cortex; those are gathered. Pieces in front of the largest
-    one (an enhanced aorta) and far to the side (ribs) are left out.
+    endplate or a thin cortex; those are gathered. Pieces in front of the main
+    one (an enhanced aorta) and far to the side (ribs) are left out. The main
+    piece is chosen by :func:`_main_piece`: bowel full of oral contrast can be
+    larger than the vertebra, but never lies behind it.
     """
     closed = ndi.binary_fill_holes(ndi.binary_closing(bone, iterations=max(1, int(round(3.0 / min(pixel_mm))))))
     labelled, n = ndi.label(closed)
-    sizes = np.bincount(labelled.ravel())
+    sizes = np.bincount(labelled.ravel()) * pixel_mm[0] * pixel_mm[1]
     sizes[0] = 0
-    best = int(np.argmax(sizes))
-    if sizes[best] * pixel_mm[0] * pixel_mm[1] < 200.0:  # < 2 cm^2: a rib, not a vertebra
+    if sizes.max() < VERTEBRA_MIN_MM2:  # a rib, not a vertebra
         return None
+    best = _main_piece(labelled, sizes, pixel_mm)
     near_best = ndi.distance_transform_edt(labelled != best, sampling=pixel_mm) <= VERTEBRA_GATHER_MM
     pieces = np.unique(labelled[near_best & (labelled > 0)])
     grid_rows, grid_cols = np.indices(bone.shape)
@@ -187,6 +203,44 @@ def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarra
     best_rows, best_cols = np.nonzero(labelled == best)
     pieces = pieces[(np.abs(cols_of - best_cols.mean()) * pixel_mm[1] <= VERTEBRA_GATHER_MM) & (rows_of >= best_rows.min())]
     return np.isin(labelled, pieces)
+
+
+def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[float, float]) -> int:
+    """Label of the vertebra's main bone piece: the largest one not in front of the spine.
+
+    A piece is in front of the spine (bowel full of oral contrast) when the
+    nearest piece of at least ``ARCH_MIN_MM2`` wholly behind it, overlapping its
+    columns, is more than ``VERTEBRA_GATHER_MM`` away: that piece is a neural
+    arch (on a slice through a disc it can be the only bone of the vertebra, and
+    contrast-filled bowel in front of the disc larger than it). An enhanced aorta
+    lies right in front of the vertebral body and is not affected. When some
+    piece is in front, the main piece is the largest of the others centred
+    within an arch's columns.
+    """
+    labels = [int(i) for i in np.nonzero(sizes_mm2 >= VERTEBRA_MIN_MM2)[0]]
+    boxes = ndi.find_objects(labelled)
+    # (top row, bottom row, left column, right column) of each piece
+    extent = {i: (boxes[i - 1][0].start, boxes[i - 1][0].stop - 1, boxes[i - 1][1].start, boxes[i - 1][1].stop - 1)
+              for i in labels}
+    in_front: set[int] = set()
+    arches: set[int] = set()
+    for i in labels:
+        _, bottom, left, right = extent[i]
+        behind = [j for j in labels if j != i and sizes_mm2[j] >= ARCH_MIN_MM2 and extent[j][0] > bottom
+                  and extent[j][2] <= right and extent[j][3] >= left]
+        if behind:
+            away = ndi.distance_transform_edt(labelled != i, sampling=pixel_mm)
+            gaps = {j: float(away[labelled == j].min()) for j in behind}
+            nearest = min(gaps, key=gaps.get)
+            if gaps[nearest] > VERTEBRA_GATHER_MM:
+                in_front.add(i)
+                arches.add(nearest)
+    remaining = [i for i in labels if i not in in_front] or labels
+    if arches:
+        centre_cols = dict(zip(labels, ndi.center_of_mass(labelled > 0, labelled, labels)))
+        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i][1] <= extent[a][3] for a in arches)]
+        remaining = within or remaining
+    return max(remaining, key=lambda i: sizes_mm2[i])
 
 
 def _body_front(region: np.ndarray, centre_row: float) -> float:

@@ -13,6 +13,11 @@ and slice. Two kinds of cases:
   inside the body wall (thoracic too, fat between the back muscles included), so
   that row measures agreement of a wider region and is reported, not targeted.
   Those comparison names start with ``silver_`` so they never pool with phantom rows.
+  Our tissues are a compartment *within an HU range*; the silver masks are not
+  thresholded (on ``ts_example_ct_sm`` 5 % of the reference muscle pixels lie below
+  -29 HU). The ``..._in_hu`` rows compare like with like: the reference mask within
+  the same HU range (``config.muscle_hu`` / ``config.fat_hu``) against ours. They are
+  reported beside the plain rows, never instead of them.
 
 Command line: ``l3node evaluate seg CASES...`` calls :func:`main_evaluate_seg`.
 """
@@ -43,6 +48,12 @@ REFERENCE_MASKS: dict[str, tuple[str, tuple[Tissue, ...]]] = {
     "silver_skeletal_muscle": ("skeletal_muscle", (Tissue.SKELETAL_MUSCLE,)),
     "silver_sat": ("subcutaneous_fat", (Tissue.SAT,)),
     "silver_torso_fat_vs_vat_imat": ("torso_fat", (Tissue.VAT, Tissue.IMAT)),
+}
+
+REFERENCE_IN_HU: dict[str, tuple[str, str]] = {
+    # comparison name: (plain comparison it restricts, HU range of AnalysisConfig)
+    "silver_skeletal_muscle_in_hu": ("silver_skeletal_muscle", "muscle_hu"),
+    "silver_sat_in_hu": ("silver_sat", "fat_hu"),
 }
 
 
@@ -132,6 +143,10 @@ def evaluate_reference_folder(
         labels = segmenter(volume.hu[k], pixel_mm, config)
         predicted = {name: np.isin(labels, [int(t) for t in tissues]) for name, (_, tissues) in REFERENCE_MASKS.items()}
         truth = {name: references[name][k] for name in REFERENCE_MASKS}
+        for name, (plain, range_name) in REFERENCE_IN_HU.items():
+            hu_range = getattr(config, range_name)
+            predicted[name] = predicted[plain]
+            truth[name] = truth[plain] & (volume.hu[k] >= hu_range.min) & (volume.hu[k] <= hu_range.max)
         results.append(compare_masks(folder.name, int(k), predicted, truth, volume.pixel_area_mm2))
     return results
 
