@@ -140,33 +140,81 @@ def test_thoracic_ribs_found_when_pelvic_bone_looks_like_ribs():
 
 
 def test_l3_without_a_measured_body_is_counted_but_not_given_a_slice():
-    """Same acquisition: below L2 the track runs in front of the spine (no body measured there);
-    an endplate cut among those segments may be a level off: no slice, but not 'not in view'."""
-    p = phantom.make_phantom("l1_rib", 2004, matrix=256)
-    result = locate_l3(p.volume, RIBS)
+    """Below L2 the canal track may run in front of the spine (no body measured there, half
+    width at the floor): an endplate cut among those segments may be a level off, so no
+    slice -- but not 'not in view' either."""
+    from dataclasses import replace
+
+    from l3node.analysis.locate_l3 import _decide
+    from l3node.analysis.spine import SpineAnalysis
+    from l3node.analysis.spine_column import MIN_HALF_WIDTH_MM
+
+    volume = Volume(np.zeros((100, 4, 4), np.float32), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))  # z 0..198
+    zs = [165.0, 132.0, 99.0, 66.0, 33.0, 2.0]
+    vs = [_vertebra(z, rib=r, half_width_mm=20.0) for z, r in zip(zs, (150.0, 90.0, 0.0, 0.0, 0.0, 0.0))]
+    spine = SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0))
+    assert _decide(volume, spine, RIBS).z_mm == pytest.approx(33.0)
+    vs[4] = replace(vs[4], half_width_mm=MIN_HALF_WIDTH_MM)
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0)), RIBS)
     assert result.status is L3Status.UNCERTAIN and result.confidence <= 0.3
     assert result.z_mm is None and result.slice_index is None
 
 
-@pytest.mark.parametrize("seed", [2003, 2009])
-def test_lumbarized_sacrum_is_recognised_by_the_alae_at_its_top(seed):
-    """Under a lumbarized S1 the sacrum (S2 down, merged with what lies below) carries alae
-    only at its top; judged over its whole length it was missed and the class was unknown."""
-    p = phantom.make_phantom("lumbarization", seed, matrix=256)
+def test_a_split_body_between_t12_and_l3_stops_the_count():
+    """Two 7 mm "vertebrae" where one body should be (a false disc in a low-density body, seen
+    on the real T11-L2 crop): counting through them would name L1 or L2 "L3"."""
+    from l3node.analysis.locate_l3 import _decide
+    from l3node.analysis.spine import SpineAnalysis
+
+    volume = Volume(np.zeros((100, 4, 4), np.float32), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))  # z 0..198
+    vs = [_vertebra(165.0, rib=150.0), _vertebra(132.0, rib=90.0), _vertebra(115.0, height=7.0),
+          _vertebra(99.0, height=7.0), _vertebra(66.0), _vertebra(33.0), _vertebra(2.0)]
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, (0.0, 198.0), (0.0, 198.0)), RIBS)
+    assert result.z_mm is None and result.status is L3Status.UNCERTAIN
+    assert any("short" in n for n in result.notes)
+
+
+def test_canal_tracked_in_osteoporotic_bone_beside_an_enhancing_aorta():
+    """Fresh seed 6006 (1.25 mm, sharp kernel, portal phase, age 78): cancellous bone at
+    ~125 HU looked like canal content and the aorta in front of the body like its wall; the
+    track left the canal for the gap between them and every variant was refused."""
+    from l3node.analysis.spine_grid import track_canal, working_grid
+
+    p = phantom.make_phantom("normal", 6006, matrix=256)
+    grid = working_grid(p.volume)
+    track = track_canal(grid)
+    f = [int(round(a / b)) for a, b in zip(grid.spacing_mm, p.volume.spacing_mm)]
+    canal = p.structure_labels == next(k for k, v in p.structure_names.items() if v == "canal")
+    errors = []
+    for k in range(grid.hu.shape[0]):
+        m = canal[min(k * f[0] + f[0] // 2, canal.shape[0] - 1)]
+        if m.sum() > 3:
+            r, c = np.argwhere(m).mean(axis=0) / (f[1], f[2])
+            errors.append(np.hypot((track.row[k] - r) * grid.spacing_mm[1], (track.col[k] - c) * grid.spacing_mm[2]))
+    assert np.mean(np.array(errors) < 8.0) > 0.97
     result = locate_l3(p.volume, RIBS)
-    assert result.sacrum_count_z_mm is not None, result.notes
-    assert result.variant is Variant.LUMBOSACRAL, (result.method, result.notes)
-    assert abs(result.z_mm - p.ground_truth["l3_inferior_endplate_z_mm"]) < 10.0
+    assert result.z_mm is not None and abs(result.z_mm - p.ground_truth["l3_inferior_endplate_z_mm"]) < 10
 
 
-@pytest.mark.parametrize("variant,seed", [("normal", 21), ("lumbarization", 403), ("six_lumbar", 403)])
-def test_phantom_chest_only_is_not_in_field_of_view(variant, seed):
-    """Chest-only scans (two of these used to get an invented L3 slice) never get a slice."""
-    p = _phantom(variant, seed, scan_range="chest_only")
+def test_a_contrast_filled_stomach_is_not_an_iliac_crest():
+    """Fresh seed 6002 (chest only, 0.625 mm, oral contrast): the stomach passed every shape
+    test of an ilium, the false crest ended the rib search above T10, and L3 was invented."""
+    p = phantom.make_phantom("lumbarization", 6002, matrix=256)
     assert p.ground_truth["l3_inferior_endplate_z_mm"] is None
+    spine = analyse_spine(p.volume)
+    assert spine.iliac_crest_z_mm is None
     result = locate_l3(p.volume, RIBS)
     assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
-    assert result.slice_index is None
+
+
+def test_thick_slices_ending_at_l3_get_its_slice():
+    """Fresh seed 6000: 5 mm slices, the scan ends 3 mm below L3's endplate. The measured
+    endplate sits up to a slice above the true one, which is not 'well inside the scan'."""
+    p = phantom.make_phantom("normal", 6000, matrix=256)
+    truth = p.ground_truth["l3_inferior_endplate_z_mm"]
+    assert truth is not None and p.ground_truth["acquisition"]["spacing_mm"] == 5.0
+    result = locate_l3(p.volume, RIBS)
+    assert result.z_mm is not None and abs(result.z_mm - truth) < 10
 
 
 def _vertebra(z_inf: float, height: float = 25.0, disc: float = 8.0, rib: float = 0.0, **kw):

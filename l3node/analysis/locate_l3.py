@@ -55,6 +55,8 @@ T12 starts at the first one (:func:`_read_ribs`)."""
 MIN_COUNTABLE = 3
 """Fewer mobile vertebrae than this (a crop) cannot be counted: a "rib" on the only vertebra
 seen may be a transverse process, and nothing confirms it."""
+MIN_COUNTED_HEIGHT_MM = 10.0
+"""A vertebra counted between the anchor and L3 (lumbar, measured 18-30 mm) is never this short."""
 THIN_DISC_RATIO = 0.6
 """A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
 LARGE_TP_RATIO = 1.6
@@ -305,15 +307,30 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
     if not 0 <= chosen < len(vs):
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     v = vs[chosen]
-    if from_ribs and any((vs[i].rib_mm or 0) >= CAGE_RIB_MIN_MM for i in range(anchor + 1, chosen + 1)):
-        # A vertebra counted as lumbar carries a rib-cage rib: the count itself is wrong
-        # (ribs missed or misread), so naming a slice would be a guess.
+    agree = rib_i is not None and rib_i == sac_i
+    if from_ribs and not agree and any((vs[i].rib_mm or 0) >= CAGE_RIB_MIN_MM for i in range(anchor + 1, chosen + 1)):
+        # A vertebra counted as lumbar carries a rib-cage rib: unless the sacrum count
+        # confirms it (then the "rib" is bowel contrast or a kidney), the count itself is
+        # wrong (ribs missed or misread), so naming a slice would be a guess.
         notes.append("a vertebra counted as lumbar carries a long rib: the rib count is inconsistent")
+        lowest_cage = max(i for i in range(len(vs)) if not vs[i].sacral and vs[i].rib_mm >= CAGE_RIB_MIN_MM)
+        if _below_every_reading(volume, vs, lowest_cage + 3):
+            return _outside(volume, spine, len(vs), method + "; even counted from the lowest rib-cage rib",
+                            variant, vertebrae, notes, rib_z, sac_z)
         return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.2), variant,
                           method + "; count inconsistent, L3 not identified", vertebrae, (), tuple(notes),
                           rib_z, sac_z)
     if v.sacral:
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
+    counted = range(anchor + 1, chosen + 1) if from_ribs else range(chosen, anchor)
+    if any(vs[i].superior_seen and vs[i].inferior_seen and vs[i].height_mm < MIN_COUNTED_HEIGHT_MM
+           for i in counted if 0 <= i < len(vs)):
+        # A lumbar "body" this short is a body split by a false disc (or a crushed one):
+        # the count through it cannot be trusted.
+        notes.append("an implausibly short vertebra lies between the anchor and L3: the count is in doubt")
+        return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.2), variant,
+                          method + "; count in doubt, L3 not identified", vertebrae, (), tuple(notes),
+                          rib_z, sac_z)
     z = v.z_inferior_mm
     if not _endplate_in_view(volume, vs, chosen):
         if not _endplate_at_edge(volume, vs, chosen):
@@ -333,6 +350,21 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
     k = volume.slice_index_at(z)
     return L3Location(status, float(z), k, confidence, variant, method, vertebrae, candidates, tuple(notes),
                       rib_z, sac_z)
+
+
+LAST_LEVEL_REACH_MM = 45.0
+"""The lowest vertebra found ends this close to the scan's bottom when the column was followed
+to the end (a body plus a disc, ~35 mm, fits in the rest otherwise)."""
+
+
+def _below_every_reading(volume: Volume, vs: tuple[VertebraFound, ...], earliest_l3: int) -> bool:
+    """True when even the lowest possible L3 (``earliest_l3``) lies below the last vertebra
+    found *and* that vertebra reaches the scan's bottom: however the ribs are read, L3 is
+    below the scan (chest scans whose ribs were partly missed)."""
+    if earliest_l3 < len(vs):
+        return False
+    z_bottom = float(min(volume.z_mm[0], volume.z_mm[-1]))
+    return vs[-1].z_inferior_mm - z_bottom <= LAST_LEVEL_REACH_MM
 
 
 FOV_MARGIN_MM = 5.0
@@ -378,7 +410,8 @@ def _endplate_at_edge(volume: Volume, vs: tuple[VertebraFound, ...], i: int) -> 
     # A body reaching the scan's bottom is measured down to the edge of the scan itself: the
     # working grid's last block blurs the last millimetres of bone.
     z_bottom = float(min(volume.z_mm[0], volume.z_mm[-1])) - volume.spacing_mm[0] / 2
-    if v.inferior_seen and v.z_inferior_mm - z_bottom >= FOV_MARGIN_MM:
+    # Thick slices place the measured endplate up to a slice above the true one.
+    if v.inferior_seen and v.z_inferior_mm - z_bottom >= FOV_MARGIN_MM + volume.spacing_mm[0]:
         # The endplate is well inside the scan and yet nothing was found below it: the count
         # itself is in doubt (a missed or merged level), not the scan edge.
         return False

@@ -68,6 +68,8 @@ the tracked canal wobbles by a few voxels, and a kink turns a plane through a di
 that cuts bodies and discs alike (seen on lordotic, osteoporotic spines)."""
 TILT_SMOOTH_MM = 25.0
 MAX_TILT_DEG = 35.0
+PROFILE_DEPTH_MM = (8.0, 46.0)
+"""Depth range (mm anterior of the canal centre) of the body patch sampled by :func:`body_profile`."""
 BODY_OFFSET_MM = 27.0
 """Distance from the canal centre to the vertebral-body centre (anterior)."""
 
@@ -96,7 +98,7 @@ def body_profile(grid: WorkingGrid, track: CanalTrack, k_lo: int, k_hi: int, ste
     norm = np.hypot(1.0, slope)
     tz, ty = 1.0 / norm, slope / norm
     nz, ny = ty, -tz  # anterior normal in the sagittal plane
-    depth = np.arange(8.0, 46.0, 2.0)
+    depth = np.arange(PROFILE_DEPTH_MM[0], PROFILE_DEPTH_MM[1], 2.0)
     lateral = np.arange(-25.0, 25.1, 2.5)
     pz = zc[:, None, None] + nz[:, None, None] * depth[None, :, None] + 0 * lateral[None, None, :]
     py = yc[:, None, None] + ny[:, None, None] * depth[None, :, None] + 0 * lateral[None, None, :]

@@ -21,6 +21,10 @@ from l3node.analysis.volume import Volume
 WORKING_MM = 2.5
 """Target voxel size (mm) of the working grid."""
 BONE_HU = 150.0
+BODY_HU = 120.0
+CANAL_SOFT_FULL_HU = 60.0
+CANAL_SOFT_MAX_HU = 130.0
+"""Canal content: full evidence up to CANAL_SOFT_FULL_HU, none from CANAL_SOFT_MAX_HU (7 mm box mean)."""
 
 
 @dataclass(frozen=True)
@@ -92,17 +96,28 @@ def _shift(a: np.ndarray, grid: WorkingGrid, row_mm: float = 0.0, col_mm: float 
 
 
 def canal_score(grid: WorkingGrid) -> np.ndarray:
-    """Per-voxel evidence of a spinal canal: soft tissue inside, bone in front, beside, behind."""
+    """Per-voxel evidence of a spinal canal: soft tissue inside, bone in front, beside, behind.
+
+    The evidence is the mean of the three walls, averaged with the geometric mean of the
+    front (vertebral body) and back (arch) walls: both are always there, whereas a soft gap
+    between an enhancing aorta and the body has "bone" in front only. The body is counted
+    from :data:`BODY_HU`: osteoporotic cancellous bone (~120-130 HU in phantoms aged 80) is below
+    :data:`BONE_HU`.
+    """
     hu = grid.hu
     bone = (hu > BONE_HU).astype(np.float32)
     inner_bone = _box(bone, grid, 7, 7)
     inner_hu = _box(hu, grid, 7, 7)
-    soft = ((inner_hu > -80) & (inner_hu < 130)).astype(np.float32)
-    anterior = _shift(_box(bone, grid, 14, 14), grid, row_mm=22)
+    # CSF, cord and epidural fat average about -20..40 HU; osteoporotic cancellous bone
+    # (~100-130 HU), walled by cortex like the canal, fades out above CANAL_SOFT_FULL_HU.
+    soft = ((inner_hu > -80) * np.clip((CANAL_SOFT_MAX_HU - inner_hu) / (CANAL_SOFT_MAX_HU - CANAL_SOFT_FULL_HU),
+                                       0, 1)).astype(np.float32)
+    anterior = _shift(_box((hu > BODY_HU).astype(np.float32), grid, 14, 14), grid, row_mm=22)
     posterior = _shift(_box(bone, grid, 10, 12), grid, row_mm=-14)
     side = _box(bone, grid, 10, 8)
     lateral = np.minimum(_shift(side, grid, col_mm=11), _shift(side, grid, col_mm=-11))
-    return (1 - inner_bone) * soft * (anterior + posterior + lateral) / 3
+    walls = ((anterior + posterior + lateral) / 3 + np.sqrt(anterior * posterior)) / 2
+    return (1 - inner_bone) * soft * walls
 
 
 def _midline_prior(grid: WorkingGrid) -> np.ndarray:

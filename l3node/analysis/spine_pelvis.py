@@ -14,6 +14,8 @@ from l3node.analysis.spine_grid import CanalTrack, WorkingGrid, k_range as _k_ra
 
 ALA_HU = 100.0
 """Bone-like on the working grid, even osteoporotic (cancellous >= ~120 HU); disc/psoas lower."""
+ILIAC_CORTEX_HU = 400.0
+"""The brightest tenth of an iliac bone (its cortex, on the working grid) is above this."""
 ALA_REACH_MM = 20.0
 """How far below the top of a segment the alae are looked for: they flank the top of the
 sacrum only, and its lower part (or what a lost canal track merged into it) has none."""
@@ -93,6 +95,10 @@ def find_iliac_bones(grid: WorkingGrid, bone: np.ndarray, track: CanalTrack,
         # a scapula lies behind the ribs.
         ahead = np.max(track.row[ks + sl[0].start] - (rs + sl[1].start)) * dr
         if ahead < 40:
+            continue
+        # Bone has a cortex; a stomach or bowel full of oral contrast is as large and as
+        # placed, but uniform (phantoms: 90th percentile 270-300 HU vs >= 520 for the ilium).
+        if np.percentile(grid.hu[sl][sub], 90) < ILIAC_CORTEX_HU:
             continue
         out.append((grid.origin_mm[2] + (sl[0].stop - 1) * dz, grid.origin_mm[2] + sl[0].start * dz,
                     float(np.sign(offset))))

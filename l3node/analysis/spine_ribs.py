@@ -20,6 +20,11 @@ NORMAL_RIB_MIN_MM = 38.0
 RIB_SPLIT_BIAS_MM = 20.0
 RIB_HEAD_MIN_HU = 300.0
 RIB_BONE_HU = 250.0
+RIB_CORTEX_HU = 380.0
+RIB_MAX_RADIUS_MM = 6.5
+"""A "rib" whose brightest tenth stays below RIB_CORTEX_HU *and* that is thicker than a rib
+(inscribed radius >= RIB_MAX_RADIUS_MM) is contrast-filled bowel (:func:`_bowel_like`);
+phantom bowel 340-344 HU / 6.7-8.7 mm, ribs >= 478 HU or (real, 3 mm) 345 HU / 4.2 mm."""
 CAGE_LEVEL_MAX_HEIGHT_MM = 45.0
 """A "vertebra" higher than this is no single thoracic body (18-30 mm) but merged segments,
 typically pelvic bone cut by a lost canal track; one whose half width sits at the floor
@@ -73,6 +78,22 @@ def _geodesic_mm(mask: np.ndarray, seeds: np.ndarray, spacing: tuple[float, floa
     dist = dijkstra(graph, directed=True, indices=seed_index, min_only=True)
     out[tuple(coords.T)] = dist
     return out
+
+
+def _bowel_like(grid: WorkingGrid, hu: np.ndarray, comp: np.ndarray) -> bool:
+    """True for a thick structure without cortex: a bowel loop or stomach full of oral
+    contrast (~280-340 HU) beside a lumbar body, which the rib walk would measure as a rib.
+
+    Either sign alone is not enough: thin osteoporotic ribs of real scans have little
+    cortex left (90th percentile ~345 HU at 3 mm), and a rib that touches its neighbours or
+    the costal cartilage is thick as a component.
+    """
+    if np.percentile(hu[comp], 90) >= RIB_CORTEX_HU:
+        return False
+    lo = np.argwhere(comp).min(axis=0)
+    hi = np.argwhere(comp).max(axis=0) + 1
+    sub = comp[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    return float(ndi.distance_transform_edt(np.pad(sub, 1), sampling=grid.spacing_mm).max()) >= RIB_MAX_RADIUS_MM
 
 
 def _rib_seed(grid: WorkingGrid, v: VertebraFound, shape: tuple[int, int, int], k0: int, c0: int) -> np.ndarray:
@@ -134,6 +155,8 @@ def _rib_on_side(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound, side: in
     hit = np.bincount(labels[seed], minlength=labels.max() + 1)
     hit[0] = 0
     comp = labels == int(np.argmax(hit))
+    if _bowel_like(grid, grid.hu[k0 : k1 + 1, :, c0:c1], comp):
+        return 0.0, float("nan")
     seed &= comp
     own = _geodesic_mm(comp, seed, grid.spacing_mm)
     comp &= np.isfinite(own)
@@ -166,7 +189,7 @@ def find_ribs(grid: WorkingGrid, vertebrae: list[VertebraFound],
               crest_z_mm: float | None) -> tuple[list[VertebraFound], list[Rib]]:
     """Measure the ribs of each vertebra, from the lowest mobile one upwards.
 
-    Stops after three consecutive levels with normal ribs (the thoracic cage is reached);
+    Stops after three consecutive levels with normal ribs on both sides (the thoracic cage is reached);
     nothing below the iliac crests carries a rib. Levels that cannot be a thoracic body (see
     :data:`CAGE_LEVEL_MAX_HEIGHT_MM`) neither extend nor break that run: when the crests are
     missed, iliac wings beside merged pelvic segments look like long ribs and would end the
@@ -194,7 +217,9 @@ def find_ribs(grid: WorkingGrid, vertebrae: list[VertebraFound],
         out[i] = VertebraFound(**{**v.__dict__, "rib_left_mm": left, "rib_right_mm": right})
         if v.height_mm > CAGE_LEVEL_MAX_HEIGHT_MM or 0 < v.half_width_mm <= MIN_HALF_WIDTH_MM:
             continue
-        normal_run = normal_run + 1 if max(left, right) >= NORMAL_RIB_MIN_MM else 0
+        # The cage's ribs come in pairs; a one-sided "rib" beside a lumbar body is bowel
+        # contrast, kidney or vessel, and three of those must not end the walk.
+        normal_run = normal_run + 1 if min(left, right) >= NORMAL_RIB_MIN_MM else 0
         if normal_run >= 3:
             break
     return out, ribs
