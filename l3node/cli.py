@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("cases", nargs="*", type=Path,
                           help="labelled cases (folders with ct.nii.gz + labels); none: phantoms")
     evaluate.add_argument("--phantoms-per-variant", type=int, default=0)
+    evaluate.add_argument("--phantoms-per-class", type=int, default=0,
+                          help="l3: this many phantoms of each variant class (the paper's subgroups)")
+    evaluate.add_argument("--first-seed", type=int, default=0, help="l3: first phantom seed")
+    evaluate.add_argument("--workers", type=int, default=1, help="l3: processes for phantom cases")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"))
     evaluate.set_defaults(func=_evaluate)
     return parser
@@ -177,10 +181,14 @@ def _phantom(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.what == "l3":
-        from l3node.train.evaluate_l3 import main_evaluate_l3 as evaluate
-    else:
-        from l3node.train.evaluate_seg import main_evaluate_seg as evaluate
-    return int(evaluate(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant) or 0)
+        from l3node.train.evaluate_l3 import main_evaluate_l3
+
+        return main_evaluate_l3(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant,
+                                phantoms_per_class=args.phantoms_per_class, first_seed=args.first_seed,
+                                workers=args.workers)
+    from l3node.train.evaluate_seg import main_evaluate_seg
+
+    return int(main_evaluate_seg(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant) or 0)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -373,3 +373,32 @@ def test_lumbar_named_vertebra_with_a_long_rib_gets_no_slice(variant):
     assert case.ground_truth["l3_inferior_endplate_z_mm"] is None  # chest only
     result = locate_l3(case.volume)
     assert result.z_mm is None and result.slice_index is None
+
+
+def test_phantom_specs_balance_the_variant_classes():
+    from collections import Counter
+
+    from l3node.phantom.variants import VARIANT_CLASS
+    from l3node.train.evaluate_l3 import phantom_specs
+
+    specs = phantom_specs(per_class=6, first_seed=50)
+    per_class = Counter(VARIANT_CLASS[v].value for v, _ in specs)
+    assert set(per_class.values()) == {6} and len(per_class) == 5
+    thoracolumbar = [s for v, s in specs if VARIANT_CLASS[v].value == "thoracolumbar"]
+    assert sorted(thoracolumbar) == list(range(50, 56))  # one acquisition (seed) per case
+    assert len(phantom_specs(per_variant=2)) == 2 * len(VARIANT_CLASS)
+
+
+def test_phantoms_evaluated_in_two_processes_match_one(tmp_path, capsys):
+    """``--workers 2`` gives the same per-case results; the class is judged where the scan
+    shows both junctions (T11-T12 and the top of the sacrum)."""
+    from l3node.train.evaluate_l3 import evaluate_phantoms
+
+    specs = [("normal", 11), ("sacralization", 12)]
+    one = evaluate_phantoms(specs, workers=1, matrix=128)
+    two = evaluate_phantoms(specs, workers=2, matrix=128)
+    assert [(r.name, r.predicted_z_mm, r.status) for r in one] == [(r.name, r.predicted_z_mm, r.status) for r in two]
+    assert all(r.class_in_view is not None for r in one)
+    assert main_evaluate_l3([], tmp_path, phantoms_per_class=1, first_seed=11, workers=2) == 0
+    printed = capsys.readouterr().out
+    assert "| all | 5 |" in printed and "T11-sacrum in scan" in printed

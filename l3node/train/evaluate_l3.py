@@ -41,6 +41,7 @@ class L3Case:
     truth_z_mm: float | None  # None: L3's inferior endplate is outside the scan
     variant_class: str | None = None  # paper's class ("normal", ...) when known
     source: str = ""
+    class_in_view: bool | None = None  # T11-T12 and the top of the sacrum inside the scan
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class CaseResult:
     variant_correct: bool | None
     confidence: float
     elapsed_s: float
+    class_in_view: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class GroupSummary:
     max_mm: float | None
     success_pct: float
     variant_accuracy_pct: float | None
+    variant_accuracy_in_view_pct: float | None = None
+    n_class_in_view: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,17 @@ class L3Evaluation:
 
     def to_markdown(self) -> str:
         lines = [
-            "| group | n | error mean ± SD (mm) | max (mm) | success < 10 mm | variant class correct |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| group | n | error mean ± SD (mm) | max (mm) | success < 10 mm | variant class correct "
+            "(L3 in scan) | class correct (T11-sacrum in scan, n) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for g in self.groups:
             err = "–" if g.mean_mm is None else f"{g.mean_mm:.1f} ± {g.sd_mm:.1f}"
             mx = "–" if g.max_mm is None else f"{g.max_mm:.1f}"
             acc = "–" if g.variant_accuracy_pct is None else f"{g.variant_accuracy_pct:.1f} %"
-            lines.append(f"| {g.group} | {g.n} | {err} | {mx} | {g.success_pct:.1f} % | {acc} |")
+            seen = ("–" if g.variant_accuracy_in_view_pct is None
+                    else f"{g.variant_accuracy_in_view_pct:.1f} % ({g.n_class_in_view})")
+            lines.append(f"| {g.group} | {g.n} | {err} | {mx} | {g.success_pct:.1f} % | {acc} | {seen} |")
         return "\n".join(lines) + "\n"
 
     def write_csv(self, path: str | Path) -> Path:
@@ -151,7 +158,8 @@ def score_case(case: L3Case, volume: Volume, result: L3Location, elapsed_s: floa
         success = False
     correct = None if case.variant_class is None else result.variant.value == case.variant_class
     return CaseResult(case.name, case.source, case.variant_class, truth, pred, error, z_error, success,
-                      result.status.value, result.variant.value, correct, float(result.confidence), elapsed_s)
+                      result.status.value, result.variant.value, correct, float(result.confidence), elapsed_s,
+                      case.class_in_view)
 
 
 def summarise(results: Iterable[CaseResult]) -> tuple[GroupSummary, ...]:
@@ -164,6 +172,9 @@ def summarise(results: Iterable[CaseResult]) -> tuple[GroupSummary, ...]:
         errors = np.array([r.error_mm for r in rows if r.error_mm is not None], float)
         # The class is judged where L3 is in the scan: a chest-only scan cannot show the sacrum.
         judged = [r.variant_correct for r in rows if r.variant_correct is not None and r.truth_z_mm is not None]
+        # A class can only be named from what the scan shows: the thoracolumbar junction
+        # (ribs of T11-T12) and the lumbosacral junction (top of the sacrum).
+        in_view = [r.variant_correct for r in rows if r.variant_correct is not None and r.class_in_view]
         out.append(GroupSummary(
             name, len(rows), len(errors),
             float(errors.mean()) if len(errors) else None,
@@ -171,6 +182,8 @@ def summarise(results: Iterable[CaseResult]) -> tuple[GroupSummary, ...]:
             float(errors.max()) if len(errors) else None,
             100.0 * sum(r.success for r in rows) / max(len(rows), 1),
             100.0 * sum(judged) / len(judged) if judged else None,
+            100.0 * sum(in_view) / len(in_view) if in_view else None,
+            len(in_view),
         ))
     return tuple(out)
 
@@ -206,15 +219,82 @@ def phantom_cases(n_per_variant: int, *, first_seed: int = 0, variants: Iterable
                   **options: Any) -> Iterator[L3Case]:
     """Phantom cases, ``n_per_variant`` of each variant; acquisition varies with the seed
     unless fixed by ``options`` (e.g. ``matrix=256`` for speed)."""
-    from l3node.phantom import VARIANTS, make_phantom
+    from l3node.phantom import VARIANTS
 
     for variant in variants or VARIANTS:
         for seed in range(first_seed, first_seed + n_per_variant):
-            phantom = make_phantom(variant, seed, **options)
-            truth = phantom.ground_truth
-            volume = phantom.volume
-            yield L3Case(f"{variant}-{seed}", (lambda v=volume: v), truth["l3_inferior_endplate_z_mm"],
-                         truth["variant_class"], "phantom")
+            yield phantom_case(variant, seed, **options)
+
+
+def phantom_case(variant: str, seed: int, **options: Any) -> L3Case:
+    """One phantom (generated now) as an :class:`L3Case`."""
+    from l3node.phantom import make_phantom
+
+    phantom = make_phantom(variant, seed, **options)
+    truth = phantom.ground_truth
+    volume = phantom.volume
+    return L3Case(f"{variant}-{seed}", (lambda v=volume: v), truth["l3_inferior_endplate_z_mm"],
+                  truth["variant_class"], "phantom", _class_in_view(truth, volume))
+
+
+SACRUM_TOP_MM = 30.0
+"""The top of the sacrum with its alae: what shows a lumbosacral transition."""
+
+
+def _class_in_view(truth: dict[str, Any], volume: Volume) -> bool:
+    """True when T11, T12 and the top :data:`SACRUM_TOP_MM` of the sacrum are inside the scan."""
+    z_lo, z_hi = float(min(volume.z_mm[0], volume.z_mm[-1])), float(max(volume.z_mm[0], volume.z_mm[-1]))
+    levels = truth["vertebrae"]
+    thoracic = all(z_lo <= levels[n]["z_inferior_mm"] and levels[n]["z_superior_mm"] <= z_hi for n in ("T11", "T12"))
+    sacrum = levels.get("sacrum")
+    return thoracic and sacrum is not None and z_lo <= sacrum["z_superior_mm"] - SACRUM_TOP_MM
+
+
+def phantom_specs(*, per_variant: int = 0, per_class: int = 0, first_seed: int = 0) -> list[tuple[str, int]]:
+    """(variant, seed) pairs: ``per_variant`` of every variant, or ``per_class`` of every
+    variant *class* (the paper's subgroups), the class's variants taking turns.
+
+    Each case of a class gets its own seed, so acquisitions (slice spacing, scan range,
+    position, kernel, arms, ...) vary across the class as well as within each variant.
+    """
+    from l3node.phantom import VARIANTS
+    from l3node.phantom.variants import VARIANT_CLASS
+
+    specs = [(v, s) for v in VARIANTS for s in range(first_seed, first_seed + per_variant)]
+    classes: dict[str, list[str]] = {}
+    for variant in VARIANTS:
+        classes.setdefault(VARIANT_CLASS[variant].value, []).append(variant)
+    for members in classes.values():
+        specs += [(members[j % len(members)], first_seed + j) for j in range(per_class)]
+    return specs
+
+
+def _evaluate_spec(spec: tuple[str, int, dict[str, Any], AnalysisConfig]) -> CaseResult:
+    variant, seed, options, config = spec
+    case = phantom_case(variant, seed, **options)
+    volume = case.load()
+    start = time.perf_counter()
+    result = locate_l3(volume, config)
+    return score_case(case, volume, result, time.perf_counter() - start)
+
+
+def evaluate_phantoms(specs: Iterable[tuple[str, int]], config: AnalysisConfig | None = None, *,
+                      workers: int = 1, **options: Any) -> list[CaseResult]:
+    """Generate and score phantom cases, in ``workers`` processes (each phantom is made in the
+    process that scores it, so memory stays at one volume per worker)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    config = config or AnalysisConfig(variant_convention="count_from_ribs")
+    jobs = [(v, s, options, config) for v, s in specs]
+    if workers <= 1:
+        results = [_evaluate_spec(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_evaluate_spec, jobs, chunksize=1))
+    for r in results:
+        log.info("l3_case_scored", case=r.name, error_mm=r.error_mm, success=r.success, status=r.status,
+                 variant=r.predicted_variant, elapsed_s=round(r.elapsed_s, 3))
+    return results
 
 
 def labelled_nifti_case(ct_path: str | Path, labels_path: str | Path, l3_label: int | None, *,
@@ -295,12 +375,14 @@ def case_from_folder(folder: str | Path) -> L3Case:
     raise ValueError(f"{folder}: no CT with vertebra labels in a known layout (see case_from_folder)")
 
 
-def main_evaluate_l3(cases: Iterable[str | Path], out: str | Path, phantoms_per_variant: int = 0) -> int:
-    """``l3node evaluate l3 CASES... [--phantoms-per-variant N] [--out DIR]``.
+def main_evaluate_l3(cases: Iterable[str | Path], out: str | Path, phantoms_per_variant: int = 0, *,
+                     phantoms_per_class: int = 0, first_seed: int = 0, workers: int = 1) -> int:
+    """``l3node evaluate l3 CASES... [--phantoms-per-variant N | --phantoms-per-class N]
+    [--first-seed S] [--workers W] [--out DIR]``.
 
-    Evaluates every labelled case folder (:func:`case_from_folder`) and, when
-    ``phantoms_per_variant`` > 0, that many phantoms of each variant (seeds from 0, random
-    acquisition, matrix 256). Writes ``l3_evaluation.md``, ``.csv`` and ``_boxplot.png`` into
+    Evaluates every labelled case folder (:func:`case_from_folder`) and phantoms
+    (:func:`phantom_specs`: seeds from ``first_seed``, random acquisition, matrix 256, in
+    ``workers`` processes). Writes ``l3_evaluation.md``, ``.csv`` and ``_boxplot.png`` into
     ``out`` and prints the Markdown table. Folders without usable labels are skipped with a
     warning.
 
@@ -314,21 +396,20 @@ def main_evaluate_l3(cases: Iterable[str | Path], out: str | Path, phantoms_per_
     OSError
         If ``out`` cannot be written.
     """
-    import itertools
-
     real: list[L3Case] = []
     for folder in cases:
         try:
             real.append(case_from_folder(folder))
         except ValueError as exc:
             log.warning("l3_case_skipped", folder=str(folder), reason=str(exc))
-    phantoms: Iterable[L3Case] = phantom_cases(phantoms_per_variant, matrix=256) if phantoms_per_variant > 0 else ()
-    all_cases = itertools.chain(real, phantoms)
-    try:
-        evaluation = evaluate_l3(all_cases)
-    except ValueError:
-        print("nothing to evaluate: give labelled case folders or --phantoms-per-variant N")
+    specs = phantom_specs(per_variant=phantoms_per_variant, per_class=phantoms_per_class, first_seed=first_seed)
+    results = list(evaluate_l3(real).cases) if real else []
+    if specs:
+        results += evaluate_phantoms(specs, workers=workers, matrix=256)
+    if not results:
+        print("nothing to evaluate: give labelled case folders or --phantoms-per-variant/--phantoms-per-class N")
         return 2
+    evaluation = L3Evaluation(tuple(results), summarise(results))
     paths = evaluation.write(out)
     print(evaluation.to_markdown())
     for case in evaluation.cases:
