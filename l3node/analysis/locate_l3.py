@@ -129,7 +129,16 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
     # ribs cut by the scan edge or half-detected) may be separated from the lower cage by
     # levels whose ribs were missed, and must not stop the walk down before the real cage.
     long_ribs = [i for i in normal if vs[i].rib_mm >= CAGE_RIB_MIN_MM]
-    start = long_ribs[0] if long_ribs else normal[0]
+    # A long rib with a partner on the other side is the cage itself: everything above the
+    # lowest such pair is thoracic, however many ribs were missed up there.
+    paired = [i for i in long_ribs if min(vs[i].rib_left_mm, vs[i].rib_right_mm) >= NORMAL_RIB_MIN_MM]
+    start = paired[-1] if paired else long_ribs[0] if long_ribs else normal[0]
+    # Long ribs are unmistakably the cage: the walk goes through them even across two
+    # levels whose ribs were missed or seen on one side only (thick slices).
+    for i in [j for j in long_ribs if j > start]:
+        if i > start + 3:
+            break
+        start = i
     # The rib cage is contiguous from above: a "rib" two or more rib-less levels below the
     # cage (vessel, organ, transverse process) is not counted; one level may have lost its
     # rib to the measurement (a missed detection, or a twelfth-rib aplasia above a T12).
@@ -145,6 +154,12 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
         if below is None:
             return last + 1, None
         return last + 1, "t12_rib_hypoplasia" if below.rib_mm > 0 else "t12_rib_aplasia"
+    sides = (vs[last].rib_left_mm, vs[last].rib_right_mm)
+    if min(sides) > 0 and min(sides) < NORMAL_RIB_MIN_MM and max(sides) < CAGE_RIB_MIN_MM:
+        # Both twelfth ribs seen, one short: a stub's measurement may run on into the
+        # eleventh rib passing beside it (phantoms: 15-32 mm stubs measured 28-30 and
+        # 52-55 mm), never the other way round, so the shorter side decides.
+        return last, "t12_rib_hypoplasia"
     if below is not None and below.rib_mm > 0:
         after = vs[last + 2] if last + 2 < len(vs) else None
         if after is not None and not after.sacral and after.rib_mm > 0:
