@@ -14,7 +14,7 @@ from l3node.analysis.spine_grid import CanalTrack, WorkingGrid, k_range as _k_ra
 
 ALA_HU = 100.0
 """Bone-like on the working grid, even osteoporotic (cancellous >= ~120 HU); disc/psoas lower."""
-ILIAC_CORTEX_HU = 400.0
+ILIAC_CORTEX_HU = 365.0
 """The brightest tenth of an iliac bone (its cortex, on the working grid) is above this."""
 ALA_REACH_MM = 20.0
 """How far below the top of a segment the alae are looked for: they flank the top of the
@@ -82,22 +82,22 @@ def find_iliac_bones(grid: WorkingGrid, bone: np.ndarray, track: CanalTrack,
         col_mean = float(np.nonzero(sub.any(axis=(0, 1)))[0].mean() + sl[2].start)
         k_mid = (sl[0].start + sl[0].stop) // 2
         offset = (col_mean - track.col[min(k_mid, len(track.col) - 1)]) * dc
-        if abs(offset) < 45 or grid.origin_mm[2] + sl[0].start * dz > z_floor_mm:
+        if abs(offset) < 45 or grid.origin_mm[2] + (sl[0].start - 1) * dz > z_floor_mm:
             continue  # beside the spine and down to (or below) its lower end: not scapula
         if sl[0].stop >= grid.hu.shape[0]:
             continue  # runs to the top of the scan: table or arm, not pelvis
         # The ilium reaches the sacrum (sacroiliac joint); arm bones stay far lateral.
         ks, rs, cs = np.nonzero(sub)
         nearest = np.min(np.abs(cs + sl[2].start - track.col[ks + sl[0].start])) * dc
-        if not 35 <= nearest <= 80:
-            continue  # rib heads touch the vertebral body (< 35 mm from the canal)
+        if nearest > 80:
+            continue  # the band around the canal is masked: "nearest" is at least its width
         # The iliac wing reaches well in front of the spine (anterior superior iliac spine);
         # a scapula lies behind the ribs.
         ahead = np.max(track.row[ks + sl[0].start] - (rs + sl[1].start)) * dr
         if ahead < 40:
             continue
         # Bone has a cortex; a stomach or bowel full of oral contrast is as large and as
-        # placed, but uniform (phantoms: 90th percentile 270-300 HU vs >= 520 for the ilium).
+        # placed, but uniform (phantoms: 90th percentile 270-340 HU vs >= 390 for the ilium).
         if np.percentile(grid.hu[sl][sub], 90) < ILIAC_CORTEX_HU:
             continue
         out.append((grid.origin_mm[2] + (sl[0].stop - 1) * dz, grid.origin_mm[2] + sl[0].start * dz,
