@@ -283,17 +283,18 @@ def evaluate_phantoms(specs: Iterable[tuple[str, int]], config: AnalysisConfig |
     """Generate and score phantom cases, in ``workers`` processes (each phantom is made in the
     process that scores it, so memory stays at one volume per worker)."""
     from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
 
     config = config or AnalysisConfig(variant_convention="count_from_ribs")
     jobs = [(v, s, options, config) for v, s in specs]
-    if workers <= 1:
-        results = [_evaluate_spec(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_evaluate_spec, jobs, chunksize=1))
-    for r in results:
-        log.info("l3_case_scored", case=r.name, error_mm=r.error_mm, success=r.success, status=r.status,
-                 variant=r.predicted_variant, elapsed_s=round(r.elapsed_s, 3))
+    results = []
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        scored = pool.map(_evaluate_spec, jobs, chunksize=1) if pool is not None else map(_evaluate_spec, jobs)
+        for r in scored:  # in order, as they finish: progress for runs of an hour
+            results.append(r)
+            log.info("l3_case_scored", case=r.name, n=len(results), of=len(jobs), error_mm=r.error_mm,
+                     success=r.success, status=r.status, variant=r.predicted_variant,
+                     elapsed_s=round(r.elapsed_s, 3))
     return results
 
 
