@@ -402,3 +402,37 @@ def test_phantoms_evaluated_in_two_processes_match_one(tmp_path, capsys):
     assert main_evaluate_l3([], tmp_path, phantoms_per_class=1, first_seed=11, workers=2) == 0
     printed = capsys.readouterr().out
     assert "| all | 5 |" in printed and "T11-sacrum in scan" in printed
+
+
+@pytest.mark.parametrize("variant", ["six_lumbar", "lumbarization"])
+def test_chest_scan_whose_cage_ribs_were_missed_gets_no_invented_l3(variant):
+    """Seed 20021 (chest only, 3 mm, age 76): the ribs of T1-T11 were measured short, T7's
+    was taken for the twelfth, and "L3" fell on T10 although the lowest level seen carries a
+    pair of normal ribs. A rib pair from L2 down is impossible: every reading puts L3 below."""
+    p = phantom.make_phantom(variant, 20021, matrix=256)
+    assert p.ground_truth["l3_inferior_endplate_z_mm"] is None
+    result = locate_l3(p.volume, RIBS)
+    assert result.status is L3Status.NOT_IN_FIELD_OF_VIEW and result.z_mm is None
+
+
+def test_a_short_one_sided_last_rib_is_settled_by_the_sacrum_count():
+    """Seed 20012: bowel contrast beside L1 measured as a 45 mm rib on one side made L1 the
+    "T12" (one level off); the sacrum count, one level higher, reads it as an L1 rib."""
+    from l3node.analysis.locate_l3 import read_anatomy
+    from l3node.analysis.spine import SpineAnalysis
+
+    vs = [_vertebra(260.0 - 33 * i, rib=r) for i, r in enumerate((300.0, 200.0, 90.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))]
+    from dataclasses import replace
+
+    vs[3] = replace(vs[3], rib_left_mm=45.0)
+    vs[-1] = replace(vs[-1], sacral=True)
+    spine = SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0))
+    assert read_anatomy(spine).t12 == 3  # the walk alone stops at the one-sided rib
+    volume = Volume(np.zeros((170, 4, 4), np.float32), (2.0, 1.0, 1.0), (-60.0, 0.0, 0.0))  # z -60..278
+    from l3node.analysis.locate_l3 import _decide
+
+    result = _decide(volume, spine, RIBS)
+    assert result.z_mm == pytest.approx(260.0 - 33 * 5) and result.variant is Variant.THORACOLUMBAR
+    vs[3] = replace(vs[3], rib_right_mm=45.0)  # a pair: a normal twelfth rib, the counts disagree
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0)), RIBS)
+    assert result.status is L3Status.UNCERTAIN and result.z_mm == pytest.approx(260.0 - 33 * 6)

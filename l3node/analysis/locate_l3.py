@@ -40,6 +40,7 @@ import numpy as np
 
 from l3node.analysis.spine import NORMAL_RIB_MIN_MM, SpineAnalysis, VertebraFound, analyse_spine
 from l3node.analysis.spine_column import MIN_HALF_WIDTH_MM
+from l3node.analysis.spine_ribs import CAGE_LEVEL_MAX_HEIGHT_MM
 from l3node.analysis.volume import Volume
 from l3node.config import AnalysisConfig
 from l3node.logs import get_logger
@@ -209,6 +210,30 @@ def read_anatomy(spine: SpineAnalysis) -> _Reading:
     return _Reading(t12, sacrum, thoracolumbar, lumbosacral, mobile)
 
 
+DOUBTFUL_RIB_MM = 60.0
+"""A one-sided "rib" shorter than this on the last rib-bearing level may be a rudimentary L1
+rib or bowel contrast beside L1 measured long (short ribs are measured 2-4x their length)."""
+
+
+def _resolve_doubtful_last_rib(vs: tuple[VertebraFound, ...], r: _Reading, notes: list[str]) -> _Reading:
+    """Let the sacrum decide a doubtful twelfth rib.
+
+    When the last rib-bearing level carries a short rib on one side only, the level above
+    also has a rib, no lumbosacral transitional sign is seen, and counting up from the
+    sacrum puts T12 exactly one level higher, that short rib is read as a rudimentary L1
+    rib: the two counts then agree. Without the sacrum nothing is changed.
+    """
+    if r.t12 is None or r.sacrum is None or r.lumbosacral is not None or r.t12 < 1:
+        return r
+    last, above = vs[r.t12], vs[r.t12 - 1]
+    one_sided = min(last.rib_left_mm, last.rib_right_mm) == 0 and 0 < last.rib_mm < DOUBTFUL_RIB_MM
+    if not one_sided or above.rib_mm <= 0 or r.mobile_lumbar != 4:
+        return r
+    notes.append("a short one-sided rib on the last rib-bearing level, with the sacrum count one level "
+                 "higher: read as a rudimentary L1 rib")
+    return _Reading(r.t12 - 1, r.sacrum, "l1_rib", r.lumbosacral, 5)
+
+
 def _classify(r: _Reading) -> Variant:
     if r.t12 is None or r.sacrum is None:
         return Variant.THORACOLUMBAR if r.thoracolumbar else Variant.UNKNOWN
@@ -281,6 +306,7 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         return L3Location(L3Status.NOT_IN_FIELD_OF_VIEW, None, None, 0.9, Variant.UNKNOWN,
                           "no vertebral column found in the scan", notes=tuple(notes))
     r = read_anatomy(spine)
+    r = _resolve_doubtful_last_rib(vs, r, notes)
     variant = _classify(r)
     rib_i = r.t12 + 3 if r.t12 is not None else None
     sac_i = r.sacrum - 3 if r.sacrum is not None else None
@@ -323,14 +349,15 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     v = vs[chosen]
     agree = rib_i is not None and rib_i == sac_i
-    if from_ribs and not agree and any((vs[i].rib_mm or 0) >= CAGE_RIB_MIN_MM for i in range(anchor + 1, chosen + 1)):
-        # A vertebra counted as lumbar carries a rib-cage rib: unless the sacrum count
-        # confirms it (then the "rib" is bowel contrast or a kidney), the count itself is
-        # wrong (ribs missed or misread), so naming a slice would be a guess.
-        notes.append("a vertebra counted as lumbar carries a long rib: the rib count is inconsistent")
-        lowest_cage = max(i for i in range(len(vs)) if not vs[i].sacral and vs[i].rib_mm >= CAGE_RIB_MIN_MM)
-        if _below_every_reading(volume, vs, lowest_cage + 3):
-            return _outside(volume, spine, len(vs), method + "; even counted from the lowest rib-cage rib",
+    misplaced = _ribbed_lumbar(vs, anchor, chosen) if from_ribs and not agree else []
+    if misplaced:
+        # A vertebra counted as lumbar carries a rib-cage rib, or a vertebra counted as L2
+        # or lower a pair of normal ribs: unless the sacrum count confirms the count (then
+        # the "rib" is bowel contrast or a kidney), the ribs were missed or misread above,
+        # so naming a slice would be a guess.
+        notes.append("a vertebra counted as lumbar carries ribs: the rib count is inconsistent")
+        if _below_every_reading(volume, vs, max(misplaced) + 3):
+            return _outside(volume, spine, len(vs), method + "; even counted from the lowest rib-bearing level",
                             variant, vertebrae, notes, rib_z, sac_z)
         return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.2), variant,
                           method + "; count inconsistent, L3 not identified", vertebrae, (), tuple(notes),
@@ -365,6 +392,22 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
     k = volume.slice_index_at(z)
     return L3Location(status, float(z), k, confidence, variant, method, vertebrae, candidates, tuple(notes),
                       rib_z, sac_z)
+
+
+def _ribbed_lumbar(vs: tuple[VertebraFound, ...], t12: int, l3: int) -> list[int]:
+    """Levels counted below ``t12`` that cannot be lumbar: a rib-cage rib between T12 and
+    ``l3``, or a normal rib on both sides anywhere from L2 down (only L1 may carry a rib,
+    and a rudimentary one). Merged pelvic segments (too tall for a body) are not judged."""
+    out = []
+    for i in range(t12 + 1, len(vs)):
+        v = vs[i]
+        if v.sacral or v.height_mm > CAGE_LEVEL_MAX_HEIGHT_MM:
+            continue
+        if i <= l3 and v.rib_mm >= CAGE_RIB_MIN_MM:
+            out.append(i)
+        elif i >= t12 + 2 and min(v.rib_left_mm, v.rib_right_mm) >= NORMAL_RIB_MIN_MM:
+            out.append(i)
+    return out
 
 
 LAST_LEVEL_REACH_MM = 45.0
