@@ -436,3 +436,20 @@ def test_a_short_one_sided_last_rib_is_settled_by_the_sacrum_count():
     vs[3] = replace(vs[3], rib_right_mm=45.0)  # a pair: a normal twelfth rib, the counts disagree
     result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0)), RIBS)
     assert result.status is L3Status.UNCERTAIN and result.z_mm == pytest.approx(260.0 - 33 * 6)
+
+
+def test_counts_many_levels_apart_name_no_slice():
+    """Seed 20039: the left ribs all missed, T12 read at T4; counting down from there and up
+    from the sacrum disagreed by 8 levels and the configured rib count put "L3" in the chest.
+    Variants shift a count by one or two levels; more is a misread anchor: no slice."""
+    from dataclasses import replace
+
+    from l3node.analysis.locate_l3 import _decide
+    from l3node.analysis.spine import SpineAnalysis
+
+    vs = [_vertebra(400.0 - 33 * i, rib=r) for i, r in enumerate([250.0, 90.0] + [0.0] * 10)]
+    vs[-1] = replace(vs[-1], sacral=True)
+    volume = Volume(np.zeros((260, 4, 4), np.float32), (2.0, 1.0, 1.0), (-120.0, 0.0, 0.0))
+    result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, None, (-120.0, 400.0)), RIBS)
+    assert result.z_mm is None and result.status is L3Status.UNCERTAIN
+    assert result.rib_count_z_mm is not None and result.sacrum_count_z_mm is not None

@@ -56,6 +56,8 @@ T12 starts at the first one (:func:`_read_ribs`)."""
 MIN_COUNTABLE = 3
 """Fewer mobile vertebrae than this (a crop) cannot be counted: a "rib" on the only vertebra
 seen may be a transverse process, and nothing confirms it."""
+MAX_COUNT_DISAGREEMENT = 2
+"""Variants shift the count by one level, combined ones by two; more means a misread anchor."""
 MIN_COUNTED_HEIGHT_MM = 10.0
 """A vertebra counted between the anchor and L3 (lumbar, measured 18-30 mm) is never this short."""
 THIN_DISC_RATIO = 0.6
@@ -324,6 +326,14 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
             status = L3Status.FOUND
             confidence = 0.95 if variant is Variant.NORMAL else 0.85
             method = "counted down from T12 (ribs) and up from the sacrum: agree"
+        elif abs(rib_i - sac_i) > MAX_COUNT_DISAGREEMENT:
+            # No anatomy puts T12 and the sacrum that far apart: one anchor is misread.
+            notes.append(f"rib and sacrum counts disagree by {abs(rib_i - sac_i)} vertebrae: an anchor is misread")
+            names = _names(vs, r.t12, True)
+            vertebrae = tuple(Vertebra(n, v.z_inferior_mm, v.z_superior_mm, v.rib_mm or None) for n, v in zip(names, vs))
+            return L3Location(L3Status.UNCERTAIN, None, None, 0.1, variant,
+                              "rib and sacrum counts irreconcilable; L3 not identified", vertebrae, (), tuple(notes),
+                              rib_z, sac_z)
         else:
             from_ribs = config.variant_convention == "count_from_ribs"
             chosen, anchor = (rib_i, r.t12) if from_ribs else (sac_i, r.sacrum)
@@ -395,15 +405,16 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
 
 
 def _ribbed_lumbar(vs: tuple[VertebraFound, ...], t12: int, l3: int) -> list[int]:
-    """Levels counted below ``t12`` that cannot be lumbar: a rib-cage rib between T12 and
-    ``l3``, or a normal rib on both sides anywhere from L2 down (only L1 may carry a rib,
-    and a rudimentary one). Merged pelvic segments (too tall for a body) are not judged."""
+    """Levels counted below ``t12`` that cannot be lumbar: a rib-cage rib, or a normal rib on
+    both sides from L2 down (only L1 may carry a rib, and a rudimentary one). Merged pelvic
+    segments (too tall for a body) are not judged. ``l3`` is the counted L3 (unused below
+    it: any level qualifies)."""
     out = []
     for i in range(t12 + 1, len(vs)):
         v = vs[i]
         if v.sacral or v.height_mm > CAGE_LEVEL_MAX_HEIGHT_MM:
             continue
-        if i <= l3 and v.rib_mm >= CAGE_RIB_MIN_MM:
+        if v.rib_mm >= CAGE_RIB_MIN_MM:
             out.append(i)
         elif i >= t12 + 2 and min(v.rib_left_mm, v.rib_right_mm) >= NORMAL_RIB_MIN_MM:
             out.append(i)
