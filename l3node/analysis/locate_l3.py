@@ -329,11 +329,8 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         elif abs(rib_i - sac_i) > MAX_COUNT_DISAGREEMENT:
             # No anatomy puts T12 and the sacrum that far apart: one anchor is misread.
             notes.append(f"rib and sacrum counts disagree by {abs(rib_i - sac_i)} vertebrae: an anchor is misread")
-            names = _names(vs, r.t12, True)
-            vertebrae = tuple(Vertebra(n, v.z_inferior_mm, v.z_superior_mm, v.rib_mm or None) for n, v in zip(names, vs))
-            return L3Location(L3Status.UNCERTAIN, None, None, 0.1, variant,
-                              "rib and sacrum counts irreconcilable; L3 not identified", vertebrae, (), tuple(notes),
-                              rib_z, sac_z)
+            return _unidentified("rib and sacrum counts irreconcilable", 0.1, variant,
+                                 _named(vs, r.t12, True), notes, rib_z, sac_z)
         else:
             from_ribs = config.variant_convention == "count_from_ribs"
             chosen, anchor = (rib_i, r.t12) if from_ribs else (sac_i, r.sacrum)
@@ -352,14 +349,13 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
     else:
         return _without_anchor(volume, spine, notes)
 
-    names = _names(vs, anchor, from_ribs)
-    vertebrae = tuple(Vertebra(n, v.z_inferior_mm, v.z_superior_mm, v.rib_mm or None) for n, v in zip(names, vs))
+    vertebrae = _named(vs, anchor, from_ribs)
     candidates = tuple(z for z in (rib_z, sac_z) if z is not None)
     if not 0 <= chosen < len(vs):
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     v = vs[chosen]
     agree = rib_i is not None and rib_i == sac_i
-    misplaced = _ribbed_lumbar(vs, anchor, chosen) if from_ribs and not agree else []
+    misplaced = _ribbed_lumbar(vs, anchor) if from_ribs and not agree else []
     if misplaced:
         # A vertebra counted as lumbar carries a rib-cage rib, or a vertebra counted as L2
         # or lower a pair of normal ribs: unless the sacrum count confirms the count (then
@@ -369,9 +365,8 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         if _below_every_reading(volume, vs, max(misplaced) + 3):
             return _outside(volume, spine, len(vs), method + "; even counted from the lowest rib-bearing level",
                             variant, vertebrae, notes, rib_z, sac_z)
-        return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.2), variant,
-                          method + "; count inconsistent, L3 not identified", vertebrae, (), tuple(notes),
-                          rib_z, sac_z)
+        return _unidentified(method + "; count inconsistent", min(confidence, 0.2), variant, vertebrae, notes,
+                             rib_z, sac_z)
     if v.sacral:
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     counted = range(anchor + 1, chosen + 1) if from_ribs else range(chosen, anchor)
@@ -380,9 +375,8 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         # A lumbar "body" this short is a body split by a false disc (or a crushed one):
         # the count through it cannot be trusted.
         notes.append("an implausibly short vertebra lies between the anchor and L3: the count is in doubt")
-        return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.2), variant,
-                          method + "; count in doubt, L3 not identified", vertebrae, (), tuple(notes),
-                          rib_z, sac_z)
+        return _unidentified(method + "; count in doubt", min(confidence, 0.2), variant, vertebrae, notes,
+                             rib_z, sac_z)
     z = v.z_inferior_mm
     if not _endplate_in_view(volume, vs, chosen):
         if not _endplate_at_edge(volume, vs, chosen):
@@ -394,9 +388,8 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         # No body where "L3" was sampled: the canal track has left the column there, and the
         # cuts between its "vertebrae" are not endplates. The level is counted, not located.
         notes.append("no vertebral body measured at the L3 level: the column may be mis-tracked there")
-        return L3Location(L3Status.UNCERTAIN, None, None, min(confidence, 0.3), variant,
-                          method + "; L3 counted but its endplate not identified", vertebrae, (), tuple(notes),
-                          rib_z, sac_z)
+        return _unidentified(method + "; L3 counted, its endplate not measured", min(confidence, 0.3), variant, vertebrae,
+                             notes, rib_z, sac_z)
     if not volume.contains_z(z):
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
     k = volume.slice_index_at(z)
@@ -404,11 +397,10 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
                       rib_z, sac_z)
 
 
-def _ribbed_lumbar(vs: tuple[VertebraFound, ...], t12: int, l3: int) -> list[int]:
+def _ribbed_lumbar(vs: tuple[VertebraFound, ...], t12: int) -> list[int]:
     """Levels counted below ``t12`` that cannot be lumbar: a rib-cage rib, or a normal rib on
     both sides from L2 down (only L1 may carry a rib, and a rudimentary one). Merged pelvic
-    segments (too tall for a body) are not judged. ``l3`` is the counted L3 (unused below
-    it: any level qualifies)."""
+    segments (too tall for a body) are not judged."""
     out = []
     for i in range(t12 + 1, len(vs)):
         v = vs[i]
@@ -486,6 +478,19 @@ def _endplate_at_edge(volume: Volume, vs: tuple[VertebraFound, ...], i: int) -> 
         return False
     height = max(v.height_mm, v.z_superior_mm - z_bottom)
     return height >= EDGE_HEIGHT_RATIO * float(np.median(above))
+
+
+def _named(vs: tuple[VertebraFound, ...], anchor: int, anchor_is_t12: bool) -> tuple[Vertebra, ...]:
+    """The vertebrae found, named by counting from ``anchor`` (see :func:`_names`)."""
+    return tuple(Vertebra(n, v.z_inferior_mm, v.z_superior_mm, v.rib_mm or None)
+                 for n, v in zip(_names(vs, anchor, anchor_is_t12), vs))
+
+
+def _unidentified(method: str, confidence: float, variant: Variant, vertebrae: tuple[Vertebra, ...],
+                  notes: list[str], rib_z: float | None, sac_z: float | None) -> L3Location:
+    """L3 counted (or the count in doubt) but no slice named: status ``uncertain``."""
+    return L3Location(L3Status.UNCERTAIN, None, None, confidence, variant, method + ", L3 not identified",
+                      vertebrae, (), tuple(notes), rib_z, sac_z)
 
 
 def _outside(volume: Volume, spine: SpineAnalysis, chosen: int, method: str, variant: Variant,

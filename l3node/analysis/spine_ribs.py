@@ -90,9 +90,7 @@ def _bowel_like(grid: WorkingGrid, hu: np.ndarray, comp: np.ndarray) -> bool:
     """
     if np.percentile(hu[comp], 90) >= RIB_CORTEX_HU:
         return False
-    lo = np.argwhere(comp).min(axis=0)
-    hi = np.argwhere(comp).max(axis=0) + 1
-    sub = comp[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    sub = comp[ndi.find_objects(comp.astype(np.int8))[0]]
     return float(ndi.distance_transform_edt(np.pad(sub, 1), sampling=grid.spacing_mm).max()) >= RIB_MAX_RADIUS_MM
 
 

@@ -188,6 +188,19 @@ def summarise(results: Iterable[CaseResult]) -> tuple[GroupSummary, ...]:
     return tuple(out)
 
 
+def run_case(case: L3Case, config: AnalysisConfig) -> CaseResult:
+    """Load one case, locate L3 (timed) and score it."""
+    volume = case.load()
+    start = time.perf_counter()
+    result = locate_l3(volume, config)
+    return score_case(case, volume, result, time.perf_counter() - start)
+
+
+def _log_case(r: CaseResult, n: int, of: int | None = None) -> None:
+    log.info("l3_case_scored", case=r.name, n=n, of=of, error_mm=r.error_mm, success=r.success, status=r.status,
+             variant=r.predicted_variant, elapsed_s=round(r.elapsed_s, 3))
+
+
 def evaluate_l3(cases: Iterable[L3Case], config: AnalysisConfig | None = None) -> L3Evaluation:
     """Run :func:`locate_l3` on every case and summarise (paper's metrics).
 
@@ -202,14 +215,8 @@ def evaluate_l3(cases: Iterable[L3Case], config: AnalysisConfig | None = None) -
     config = config or AnalysisConfig(variant_convention="count_from_ribs")
     results = []
     for case in cases:
-        volume = case.load()
-        start = time.perf_counter()
-        result = locate_l3(volume, config)
-        elapsed = time.perf_counter() - start
-        scored = score_case(case, volume, result, elapsed)
-        log.info("l3_case_scored", case=case.name, error_mm=scored.error_mm, success=scored.success,
-                 status=scored.status, variant=scored.predicted_variant, elapsed_s=round(elapsed, 3))
-        results.append(scored)
+        results.append(run_case(case, config))
+        _log_case(results[-1], len(results))
     if not results:
         raise ValueError("no cases to evaluate")
     return L3Evaluation(tuple(results), summarise(results))
@@ -271,11 +278,7 @@ def phantom_specs(*, per_variant: int = 0, per_class: int = 0, first_seed: int =
 
 def _evaluate_spec(spec: tuple[str, int, dict[str, Any], AnalysisConfig]) -> CaseResult:
     variant, seed, options, config = spec
-    case = phantom_case(variant, seed, **options)
-    volume = case.load()
-    start = time.perf_counter()
-    result = locate_l3(volume, config)
-    return score_case(case, volume, result, time.perf_counter() - start)
+    return run_case(phantom_case(variant, seed, **options), config)
 
 
 def evaluate_phantoms(specs: Iterable[tuple[str, int]], config: AnalysisConfig | None = None, *,
@@ -292,9 +295,7 @@ def evaluate_phantoms(specs: Iterable[tuple[str, int]], config: AnalysisConfig |
         scored = pool.map(_evaluate_spec, jobs, chunksize=1) if pool is not None else map(_evaluate_spec, jobs)
         for r in scored:  # in order, as they finish: progress for runs of an hour
             results.append(r)
-            log.info("l3_case_scored", case=r.name, n=len(results), of=len(jobs), error_mm=r.error_mm,
-                     success=r.success, status=r.status, variant=r.predicted_variant,
-                     elapsed_s=round(r.elapsed_s, 3))
+            _log_case(r, len(results), len(jobs))
     return results
 
 
