@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from l3node.analysis.locate_l3 import L3Status, Variant, inferior_endplate_z_from_labels, locate_l3
 from l3node.analysis.spine import analyse_spine
+from l3node.analysis.spine_column import VertebraFound, _half_width_mm
+from l3node.analysis.spine_grid import WorkingGrid
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig
 from l3node.train.evaluate_l3 import L3Case, case_from_folder, evaluate_l3, main_evaluate_l3, score_case
@@ -453,3 +456,31 @@ def test_counts_many_levels_apart_name_no_slice():
     result = _decide(volume, SpineAnalysis(tuple(vs), (), None, None, None, (-120.0, 400.0)), RIBS)
     assert result.z_mm is None and result.status is L3Status.UNCERTAIN
     assert result.rib_count_z_mm is not None and result.sacrum_count_z_mm is not None
+
+
+def _body_grid(beside: str) -> tuple[WorkingGrid, VertebraFound]:
+    """A blurred elliptical body (half width 18 mm, cortex 300 HU, cancellous 150 HU) in fat,
+    with portal-phase liver (110 HU) on the patient's right and a 7 mm strip of crus/vessel
+    (110 HU) on its left when ``beside == "organs"``."""
+    d = 1.95
+    rows, cols = np.mgrid[0:80, 0:80]
+    x, y = (cols - 40) * d, (rows - 40) * d
+    r = np.hypot(x / 18.0, y / 15.0)
+    sl = np.full((80, 80), -90.0)
+    if beside == "organs":
+        sl[(x < 0) & (np.abs(y) < 35)] = 110.0
+        sl[(x > 0) & (x < 25) & (np.abs(y) < 12)] = 110.0
+    sl[r <= 1.0] = 300.0
+    sl[r <= 1.0 - 2.0 / 18] = 150.0
+    sl = ndi.gaussian_filter(sl, 0.8)
+    grid = WorkingGrid(np.repeat(sl[None], 12, axis=0), (2.5, d, d), (0.0, 0.0, 0.0))
+    return grid, VertebraFound(z_inferior_mm=2.5, z_superior_mm=25.0, disc_below_mm=8.0, row=40.0, col=40.0,
+                               canal_row=52.0)
+
+
+@pytest.mark.parametrize("beside", ["fat", "organs"])
+def test_body_width_stops_at_the_cortex_when_organs_touch_it(beside):
+    # Liver and crura of muscle-to-bone HU beside T11-L1 made bodies 8 mm too wide, which put
+    # the rib seeds beyond the rib necks: the eleventh and twelfth ribs were never found.
+    grid, v = _body_grid(beside)
+    assert abs(_half_width_mm(grid, v, (-3.0, 3.0), soft_mm=2.5) - 18.0) <= 2.5

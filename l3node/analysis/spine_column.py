@@ -287,6 +287,9 @@ def _segments(grid: WorkingGrid, track: CanalTrack, profile: BodyProfile,
 
 MIN_HALF_WIDTH_MM = 10.0
 """Floor of the measured body half width: a width at the floor means no body was seen there."""
+CORTEX_RIDGE_HU = 40.0
+"""The lateral cortex of a body stands at least this far above its cancellous centre (on the
+median line of :func:`_half_width_mm`; phantoms +90-200 HU, blurred at 5 mm slices)."""
 
 
 def _half_width_mm(grid: WorkingGrid, v: VertebraFound, rows_mm: tuple[float, float] = (-7.0, -1.0),
@@ -295,7 +298,11 @@ def _half_width_mm(grid: WorkingGrid, v: VertebraFound, rows_mm: tuple[float, fl
 
     Walk out from the centre until more than 5 mm of soft tissue (< 60 HU: psoas, fat) and
     keep the last bone-like value (>= 90 HU; old cancellous bone is barely above muscle);
-    the anterior half avoids rib heads, which articulate further back.
+    the anterior half avoids rib heads, which articulate further back. Where organs of
+    bone-like HU touch the body (portal-phase liver and spleen ~110 HU, crura, vessels at
+    T11-L1), that walk runs on past the body: the body then ends at the steepest fall outside
+    its lateral cortex (the outermost ridge standing :data:`CORTEX_RIDGE_HU` above the
+    cancellous centre).
     """
     k0, k1 = _k_range(grid, v.z_inferior_mm + 0.3 * v.height_mm, v.z_superior_mm - 0.3 * v.height_mm)
     k1 = max(k0, k1)
@@ -306,19 +313,32 @@ def _half_width_mm(grid: WorkingGrid, v: VertebraFound, rows_mm: tuple[float, fl
     line = ndi.uniform_filter1d(band.mean(axis=0), 2)
     c = int(round(v.col))
     reach = int(round(36 / dc))
+    centre = line[max(c - int(round(4 / dc)), 0) : c + int(round(4 / dc)) + 1]
+    ridge_hu = max(float(np.median(centre)) if centre.size else 0.0, 110.0) + CORTEX_RIDGE_HU
     widths = []
     for step in (-1, 1):
-        last, soft = 0, 0
+        last, soft, ridge = 0, 0, None
         for j in range(0, reach):
             cc = c + step * j
             if not 0 <= cc < len(line):
                 break
             if line[cc] >= 90:
                 last = j
+            if (j >= 2 and line[cc] >= ridge_hu and 0 <= cc + step < len(line)
+                    and line[cc] >= line[cc - step] and line[cc] >= line[cc + step]):
+                ridge = j
             soft = soft + 1 if line[cc] < 60 else 0
             if soft * dc > soft_mm:
                 break
-        widths.append((last + 0.5) * dc)
+        edge = last + 0.5
+        if ridge is not None:
+            # The body ends at the steepest fall outside its cortex (half-way down a blurred step).
+            js = np.arange(ridge, ridge + int(np.ceil(6 / dc)))
+            js = js[(c + step * (js + 1) >= 0) & (c + step * (js + 1) < len(line))]
+            if js.size:
+                fall = line[c + step * js] - line[c + step * (js + 1)]
+                edge = min(edge, float(js[int(np.argmax(fall))]) + 1.0)
+        widths.append(edge * dc)
     return float(np.clip(min(widths) if widths else 20.0, MIN_HALF_WIDTH_MM, 34.0))
 
 
