@@ -484,3 +484,17 @@ def test_body_width_stops_at_the_cortex_when_organs_touch_it(beside):
     # the rib seeds beyond the rib necks: the eleventh and twelfth ribs were never found.
     grid, v = _body_grid(beside)
     assert abs(_half_width_mm(grid, v, (-3.0, 3.0), soft_mm=2.5) - 18.0) <= 2.5
+
+
+def test_thin_lower_ribs_in_coarse_working_voxels_are_found():
+    # Sharp kernel, 1.5 mm slices, 3.3 mm working voxels: the eleventh rib neck (6.4 mm thick)
+    # averages to 210-290 HU, below the cortical seed level; it was missed on both sides and
+    # the normal spine was read as "T12 rib aplasia" with L3 one vertebra too low.
+    p = phantom.make_phantom("normal", 30081, matrix=256)
+    truth = p.ground_truth["vertebrae"]["T11"]
+    spine = analyse_spine(p.volume)
+    mid = (truth["z_inferior_mm"] + truth["z_superior_mm"]) / 2
+    t11 = [v for v in spine.vertebrae if v.z_inferior_mm <= mid <= v.z_superior_mm]
+    assert len(t11) == 1 and min(t11[0].rib_left_mm, t11[0].rib_right_mm) >= 38.0
+    result = locate_l3(p.volume, RIBS)
+    assert result.status is L3Status.FOUND and abs(result.z_mm - p.ground_truth["l3_inferior_endplate_z_mm"]) < 10

@@ -19,6 +19,9 @@ NORMAL_RIB_MIN_MM = 38.0
 """A rib of at least 3.8 cm is a normal rib (L3SEG-net paper)."""
 RIB_SPLIT_BIAS_MM = 20.0
 RIB_HEAD_MIN_HU = 300.0
+RIB_THIN_HEAD_MIN_HU = 200.0
+"""Second try for rib heads when fewer than two voxels reach :data:`RIB_HEAD_MIN_HU` (phantom
+11th/12th rib necks at 3.3 mm working voxels: 240-290 HU)."""
 RIB_BONE_HU = 250.0
 RIB_CORTEX_HU = 380.0
 RIB_MAX_RADIUS_MM = 6.5
@@ -139,7 +142,12 @@ def _rib_on_side(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound, side: in
     if box.size == 0:
         return 0.0, float("nan")
     # Rib heads are cortical bone; contrast-filled vessels beside the spine are not.
-    seed = _rib_seed(grid, v, box.shape, k0, c0) & (grid.hu[k0 : k1 + 1, :, c0:c1] >= RIB_HEAD_MIN_HU)
+    near = _rib_seed(grid, v, box.shape, k0, c0)
+    seed = near & (grid.hu[k0 : k1 + 1, :, c0:c1] >= RIB_HEAD_MIN_HU)
+    if seed.sum() < 2:
+        # Thin lower ribs (6 mm) averaged into 3 mm working voxels fall below the cortical
+        # level; the component they start must then pass the bowel/kidney test below alone.
+        seed = near & (grid.hu[k0 : k1 + 1, :, c0:c1] >= RIB_THIN_HEAD_MIN_HU)
     if seed.sum() < 2:
         return 0.0, float("nan")
     # The posterior arch column below this level (facets, pedicles, lower transverse
