@@ -145,6 +145,62 @@ def test_tissue_labels_are_compartments_thresholded_on_the_final_image(phantoms)
         assert areas["sat"] >= 0.9 * truth["compartment_areas_cm2"]["subcutaneous"]
 
 
+def test_settle_truth_fat_pockets_and_slab_bone():
+    from l3node.phantom.render import settle_truth
+
+    M, V, C = int(Structure.MUSCLE), int(Structure.VAT), int(Structure.CORTICAL)
+    codes = np.full((24, 60), M, np.uint8)
+    codes[:, 55:] = int(Structure.LIVER)
+    codes[3:6, 3:6] = V  # enclosed by muscle alone, far from the spine: intermuscular (IMAT)
+    codes[3:6, 30:32] = C  # vertebra ...
+    codes[3:6, 32:35] = V  # ... and a pocket between it and muscle: around the spine
+    codes[10:14, 50:56] = V  # open to an organ: still visceral
+    codes[18:21, 22:24] = V  # a pocket beside the vertebra, grazed by bone in another sub-slice
+    vertebra = codes == C
+    slab_bone = np.zeros(codes.shape, bool)
+    slab_bone[17, 22:24] = True  # the pocket's upper muscle edge
+    slab_bone[8, 8] = True  # muscle
+    out = settle_truth(codes, slab_bone, vertebra, pixel_mm=1.0)
+    assert np.all(out[3:6, 3:6] == Structure.INTERMUSCULAR_FAT)
+    assert np.all(out[3:6, 32:35] == Structure.PARASPINAL_FAT)
+    assert np.all(out[10:14, 50:55] == V)
+    assert np.all(out[18:21, 22:24] == Structure.PARASPINAL_FAT)  # within 10 mm of bone beside the vertebra
+    assert out[8, 8] == Structure.SLAB_BONE and out[17, 22] == Structure.SLAB_BONE
+    assert np.all(out[vertebra] == C) and codes[3, 3] == V  # input untouched
+    # A pocket larger than an IMAT pocket (here 9 px of 100 mm^2) stays visceral (a cavity).
+    assert np.all(settle_truth(codes, slab_bone, vertebra, pixel_mm=10.0)[3:6, 3:6] == V)
+    with pytest.raises(ValueError, match="differ"):
+        settle_truth(codes, slab_bone[:, :5], vertebra, pixel_mm=1.0)
+
+
+def test_fat_around_the_spine_is_not_visceral(phantoms):
+    """No visceral fat lies in a pocket closed by muscle and the vertebra; bone grazed by the
+    slab carries no compartment (the articular processes' rings were muscle)."""
+    from scipy import ndimage
+
+    from l3node.phantom.materials import COMPARTMENT_OF_STRUCTURE
+
+    seen = {"para": 0, "inter": 0, "slab": 0}
+    for variant in ("normal", "combined", "six_lumbar"):
+        p = phantoms[variant]
+        k = p.ground_truth["l3_slice_index"]
+        st = p.structure_labels[k]
+        seen["para"] += int((st == Structure.PARASPINAL_FAT).sum())
+        seen["inter"] += int((st == Structure.INTERMUSCULAR_FAT).sum())
+        seen["slab"] += int((st == Structure.SLAB_BONE).sum())
+        assert COMPARTMENT_OF_STRUCTURE[Structure.PARASPINAL_FAT] == Compartment.NONE
+        assert COMPARTMENT_OF_STRUCTURE[Structure.INTERMUSCULAR_FAT] == Compartment.MUSCLE
+        assert COMPARTMENT_OF_STRUCTURE[Structure.SLAB_BONE] == Compartment.NONE
+        vat = st == Structure.VAT
+        labelled, n = ndimage.label(vat, structure=np.ones((3, 3)))
+        closed = np.isin(st, (Structure.MUSCLE, Structure.IMAT, Structure.CORTICAL, Structure.CANCELLOUS,
+                              Structure.THIN_CORTEX, Structure.SLAB_BONE, Structure.DISC))
+        for i in range(1, n + 1):
+            ring = ndimage.binary_dilation(labelled == i, structure=np.ones((3, 3))) & ~(labelled == i)
+            assert not (closed[ring].all() and (labelled == i).sum() * p.volume.pixel_area_mm2 <= 500.0), variant
+    assert seen["inter"] + seen["para"] > 0 and seen["slab"] > 0
+
+
 def test_tissues_from_hu_applies_the_ranges_inclusively():
     hu = np.array([[[-191, -190, -30, -29, 150, 151, -100, 40]]], np.float32)
     comp = np.array([[[1, 1, 1, 1, 1, 1, 2, 2]]], np.uint8)

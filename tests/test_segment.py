@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from l3node.analysis.compartments import organs_and_fluid
+from l3node.analysis.compartments import muscle_compartments, organs_and_fluid
 from l3node.analysis.segment import body_mask, segment_at_l3, segment_slice
 from l3node.analysis.slice_vertebra import find_vertebra
 from l3node.analysis.tissues import Tissue
@@ -214,6 +214,54 @@ def test_muscle_blurred_against_the_vertebra_is_muscle():
     assert not labels[vertebra & (blurred > 150.0)].any(), "bone labelled"
 
 
+def _slice_with_psoas() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The drawn slice with psoas and quadratus muscle around the vertebra, joined to the
+    back muscles; returns HU, the vertebra and that muscle."""
+    hu, _ = _drawn_slice()
+    vertebra = _ellipse(hu.shape, (140, 150), (14, 17))
+    cavity = _ellipse(hu.shape, (115, 150), (68, 98))
+    around = cavity & _ellipse(hu.shape, (150, 150), (26, 40)) & ~vertebra
+    hu[around] = 45.0
+    return hu, vertebra, around
+
+
+def test_fat_pocket_between_vertebra_and_muscles_is_not_visceral():
+    """Fat closed in by the vertebra and the muscles around it lies around the spine: it
+    is neither VAT (the phantom called it so before) nor IMAT."""
+    hu, vertebra, _ = _slice_with_psoas()
+    pocket = _ellipse(hu.shape, (135, 130), (4, 4)) & ~vertebra  # against the side of the vertebral body
+    hu[pocket] = -90.0
+    assert (ndi.binary_dilation(pocket) & vertebra).any()
+    labels = segment_slice(hu, (PIXEL_MM, PIXEL_MM))
+    assert not np.isin(labels[pocket], (Tissue.VAT, Tissue.IMAT)).any(), np.bincount(labels[pocket])
+    # The IMAT pocket deep in the back muscle, 3 cm from the vertebra, stays IMAT.
+    imat = _ellipse(hu.shape, (180, 125), (3, 6)) & (hu == -80.0)
+    assert imat.sum() >= 20
+    assert (labels[imat] == Tissue.IMAT).mean() > 0.8
+
+
+def test_bowel_loop_joined_to_the_psoas_by_a_neck_is_not_muscle():
+    """A loop of muscle HU touching the psoas over a few pixels joins its component (the
+    whole component touches the vertebra); split at the neck, the loop touches neither
+    vertebra nor wall. Before the split the loop was kept whole."""
+    shape = (200, 240)
+    hu = np.full(shape, -100.0)
+    vertebra = _ellipse(shape, (110, 120), (14, 17))
+    hu[vertebra] = 400.0
+    psoas = _ellipse(shape, (112, 90), (14, 12)) & ~vertebra
+    hu[psoas] = 45.0
+    loop = _ellipse(shape, (106, 68), (10, 10)) & ~ndi.binary_dilation(psoas)
+    hu[loop] = 40.0
+    neck = ndi.binary_dilation(loop) & ndi.binary_dilation(psoas) & ~loop & ~psoas
+    hu[neck] = 42.0
+    assert 3 <= neck.sum() <= 8
+    muscle_hu = (hu >= -29) & (hu <= 150)
+    spine = find_vertebra(hu, hu >= 150, (1.5, 1.5))
+    muscle = muscle_compartments(muscle_hu, np.zeros(shape, bool), spine, np.zeros(shape, bool), (1.5, 1.5))
+    assert muscle[loop].mean() < 0.05, "bowel loop kept with the psoas"
+    assert muscle[psoas].mean() > 0.98
+
+
 def test_psoas_edge_next_to_fat_is_not_fluid():
     shape = (200, 240)
     hu = np.full(shape, -100.0)
@@ -232,6 +280,30 @@ def test_psoas_edge_next_to_fat_is_not_fluid():
     edge = psoas & ~ndi.binary_erosion(psoas) & ~ndi.binary_dilation(vertebra)
     assert not_muscle[edge].mean() < 0.05, "fat beside the psoas made its edge fluid"
     assert not_muscle[ndi.binary_erosion(fluid, iterations=2)].all(), "bowel content not fluid"
+
+
+def test_bowel_content_slightly_darker_than_muscle_is_fluid():
+    """Fluid-filled bowel 17 HU darker than the back muscles (15 HU in bowel, 32 in the
+    muscle of an older patient) is fluid; the psoas edge beside fat stays muscle. A 20 HU
+    margin let such loops pressed on the psoas join it."""
+    shape = (200, 240)
+    hu = np.full(shape, -100.0)
+    inside = _ellipse(shape, (100, 120), (95, 115))
+    hu[_ellipse(shape, (160, 120), (30, 60))] = 32.0  # back muscles
+    vertebra = _ellipse(shape, (110, 120), (14, 17))
+    hu[vertebra] = 400.0
+    psoas = (_ellipse(shape, (108, 90), (12, 10)) | _ellipse(shape, (108, 150), (12, 10))) & ~vertebra
+    hu[psoas] = 32.0
+    fluid = _ellipse(shape, (50, 70), (12, 12))
+    hu[fluid] = 15.0
+    hu[~inside] = -1000.0
+    muscle_hu = (hu >= -29) & (hu <= 150) & inside
+    spine = find_vertebra(hu, (hu >= 150) & inside, (1.5, 1.5))
+    _, not_muscle = organs_and_fluid(hu, muscle_hu, inside, spine, 32.0, (1.5, 1.5))
+    assert not_muscle[ndi.binary_erosion(fluid, iterations=2)].all(), "bowel content not fluid"
+    edge = psoas & ~ndi.binary_erosion(psoas) & ~ndi.binary_dilation(vertebra)
+    assert not_muscle[edge].mean() < 0.05
+    assert not not_muscle[ndi.binary_erosion(psoas, iterations=2)].any()
 
 
 def test_arm_lying_against_the_torso_is_cut_off():
@@ -297,6 +369,11 @@ def test_segment_at_l3_single_and_averaged(drawn):
 # 3 mm, while on phantoms, whose truth is exact, 76 % of what they add is right.) The issue's target
 # is 0.90 for both; muscle misses it against this silver reference (5 % of its muscle pixels are
 # below -29 HU, and it leaves out the diaphragm and crura that line the wall and spine at T12-L2).
+# 10:05, same figures (0.866 / 0.932). Where the masks differ (3 mm pixels, slices 0-14): of 2100
+# reference pixels we miss, 1014 are below -29 HU (definition) and 1759 lie within a pixel of our
+# mask; of 3340 we add, 2345 lie within a pixel of the reference (edge pixels of median 22 HU, as
+# our true positives) and 994 are whole structures it leaves out, 515 of them lining the wall
+# inside the ribs (diaphragm) and 317 behind and beside the spine (posterior diaphragm, crura).
 # Thresholds sit just below the measurement.
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real CT reference data not found at {REAL}")
 def test_real_ct_against_silver_masks():
@@ -332,15 +409,16 @@ def _phantom_result(seed: int):
     return evaluate_labels(f"phantom:{seed}", k, labels, np.asarray(phantom.tissue_labels[k]), volume.pixel_area_mm2)
 
 
-# Measured 2026-11-26 07:30 (matrix 256, 5 mm; phantom truth = compartment within the HU range):
-# seed 0 muscle/IMAT/VAT/SAT Dice 0.954/0.863/0.975/0.988, CSA error SMA 2.9 %, IMAT 4.8 %,
-# VAT 2.3 %, SAT 2.3 %; seed 3 0.978/0.893/0.986/0.991, SMA 1.2 %, IMAT 7.4 %, VAT 0.2 %, SAT 1.6 %.
-# Over 20 development phantoms (seeds 0-19, variants in turn): Dice 0.963/0.868/0.984/0.995, mean
-# CSA error SMA 2.8 %, IMAT 10.8 %, VAT 1.6 %, SAT 0.8 %; over 10 never tuned on (seeds 1000-1009):
-# 0.966/0.848/0.982/0.993, SMA 1.3 %, IMAT 10.2 %, VAT 1.1 %, SAT 1.0 %.
-# The issue's 0.97 Dice and 1 % SMA error are not reached: bowel loops of muscle HU against the
-# psoas or the wall are taken for muscle, and IMAT is mostly single pixels whose side of the muscle
-# edge noise decides.
+# Measured 2026-11-26 10:05 (matrix 256, 5 mm; phantom truth = compartment within the HU range, fat
+# pockets closed by muscle and spine not visceral, bone grazed by the slab in no compartment):
+# seed 0 muscle/IMAT/VAT/SAT Dice 0.964/0.884/0.984/0.988, CSA error SMA 2.6 %, IMAT 0.0 %,
+# VAT 0.5 %, SAT 2.3 %; seed 3 0.978/0.894/0.990/0.991, SMA 1.3 %, IMAT 9.2 %, VAT 0.5 %, SAT 1.6 %.
+# Over 20 development phantoms (seeds 0-19, variants in turn): Dice 0.966/0.899/0.989/0.995, mean
+# CSA error SMA 2.3 %, IMAT 10.2 %, VAT 1.3 %, SAT 0.8 %; over 10 never tuned on (seeds 1000-1009):
+# 0.970/0.875/0.987/0.993, SMA 1.0 %, IMAT 9.9 %, VAT 1.2 %, SAT 1.0 %.
+# Not reached: 0.97 Dice on the development set and 1 % SMA error -- bowel loops of muscle HU
+# pressed broadly on the psoas or the wall are taken for muscle; IMAT Dice 0.97 is out of reach
+# of a rule that sees only the image: 13 % of IMAT pixels touch VAT or SAT fat directly.
 @pytest.mark.parametrize("seed", [0, 3])
 def test_phantom_l3_slice(seed):
     result = _phantom_result(seed)

@@ -15,7 +15,8 @@ from l3node.analysis.slice_vertebra import SpinePlane
 
 __all__ = [
     "BOWEL_WALL_MM", "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "back_muscle_hu", "imat_compartment",
-    "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "smoothed_hu", "soft_tissue_hu",
+    "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "paraspinal_pockets", "smoothed_hu",
+    "soft_tissue_hu",
 ]
 
 GAS_HU = -400.0
@@ -26,8 +27,11 @@ BOWEL_WALL_MM = 4.0
 volume), never muscle, even where the loop is pressed on the abdominal wall or psoas."""
 ORGAN_DELTA_HU = 12.0
 """Smoothed soft tissue this much brighter than the back muscles is an organ (liver, spleen)."""
-FLUID_DELTA_HU = 20.0
-"""Smoothed soft tissue this much darker than the back muscles is fluid (bowel content), not psoas."""
+FLUID_DELTA_HU = 15.0
+"""Smoothed soft tissue this much darker than the back muscles is fluid (bowel content), not
+psoas. 20 HU let fluid-filled loops pressed on the psoas join it; 15 HU took phantom muscle
+Dice from 0.9646 to 0.9661 and SMA error from 2.5 to 2.3 % (dev seeds 0-19), neutral at
+512 px, 12 HU began to eat psoas at 512 px."""
 EDGE_DELTA_HU = 10.0
 """... unless its soft-tissue neighbours (:func:`soft_tissue_hu`) are within this of the back
 muscles': then only fat beside it darkened the mean, and it is a muscle edge. Without this
@@ -45,8 +49,19 @@ PSOAS_MEDIAL_FRACTION = 0.7
 fraction of the vertebral body's half width (aorta and IVC lie nearer)."""
 PSOAS_FRONT_MM = 3.0
 """Muscle components may reach this far in front of the vertebral body (bowel lies further)."""
+NECK_MM = 5.0
+"""A psoas component narrowing to less than twice this is split there: bowel loops
+(radius 9-17 mm) pressed on the psoas keep a core of their own."""
 IMAT_POCKET_MAX_MM2 = 500.0
 """Fat enclosed by muscle in pockets up to this size is IMAT; larger is a cavity (VAT)."""
+SPINE_POCKET_MM = 10.0
+"""Fat pockets closed by muscle (and the vertebra) this close to the vertebra lie around
+the spine: neither IMAT nor VAT (the phantom's truth uses the same distance,
+:data:`l3node.phantom.render.SPINE_POCKET_MM`) ..."""
+POCKET_MUSCLE_SHARE = 0.5
+"""... if at least this share of their rim is muscle: a pocket between oral-contrast bowel
+(which can join the vertebra's mask) and the wall is visceral (phantom normal seed 3:
+3 cm^2 of VAT lost without this)."""
 
 
 def muscle_reference_hu(hu: np.ndarray, classes: np.ndarray, fascia_band: np.ndarray) -> float | None:
@@ -272,6 +287,19 @@ def muscle_compartments(
     # at L2 of the real CT for 8 cm²).
     keep[1:] = (touches_bone & (median_row >= spine.front_row)) | ((median_row >= spine.centre[0]) & touches_wall)
     grown = keep[labelled]
+    # Bowel loops of muscle HU pressed on the psoas join it across a neck; split kept
+    # components at necks and keep only the parts that pass the same test (phantoms:
+    # 0.5 cm^2 less bowel per slice taken for psoas, seeds 0-19).
+    parts, n_parts = _split_at_necks(grown, pixel_mm)
+    if n_parts:
+        index = np.arange(1, n_parts + 1)
+        median_row = ndi.median(np.broadcast_to(rows, muscle_hu.shape), parts, index)
+        touches_bone = ndi.maximum(reach <= 4.0 + max(pixel_mm), parts, index).astype(bool)
+        touches_wall = ndi.maximum(ndi.binary_dilation(muscle, iterations=1), parts, index).astype(bool)
+        keep_part = np.zeros(n_parts + 1, bool)
+        keep_part[1:] = (touches_bone & (median_row >= spine.front_row)) | (
+            (median_row >= spine.centre[0]) & touches_wall)
+        grown &= keep_part[parts]
     # Give back the pixels the opening removed at the borders of kept components,
     # and their edge pixels that fat beside them made look like fluid.
     edge = muscle_hu & posterior & beside & ~wall & ~spine.bone & (reach <= PSOAS_REACH_MM)
@@ -311,3 +339,63 @@ def imat_compartment(muscle: np.ndarray, pixel_mm: tuple[float, float]) -> np.nd
     # Fat between muscle pixels that the closing bridged is IMAT as well.
     return (closed | pockets) & ndi.binary_dilation(muscle | pockets, iterations=1)
 
+
+def paraspinal_pockets(muscle: np.ndarray, spine: SpinePlane, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Pockets closed by muscle, or muscle and the vertebra, within ``SPINE_POCKET_MM`` of
+    the vertebra and rimmed mostly by muscle: fat there lies around the spine (between
+    vertebra, psoas, quadratus lumborum and back muscles) and is neither visceral nor IMAT.
+
+    Parameters
+    ----------
+    muscle:
+        Skeletal muscle pixels.
+    spine:
+        The vertebra.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        Pocket pixels (up to ``IMAT_POCKET_MAX_MM2`` each).
+    """
+    walls = muscle | spine.bone
+    closed = ndi.binary_closing(walls, iterations=1) | walls
+    holes = ndi.binary_fill_holes(closed) & ~closed
+    labelled, n = ndi.label(holes)
+    if n == 0:
+        return holes
+    index = np.arange(1, n + 1)
+    areas = np.bincount(labelled.ravel())[1:] * pixel_mm[0] * pixel_mm[1]
+    spine_mm = ndi.distance_transform_edt(~spine.bone, sampling=pixel_mm)
+    near = ndi.minimum(spine_mm, labelled, index) <= SPINE_POCKET_MM
+    # Mostly muscle around: a pocket between bowel filled with oral contrast (which can
+    # join the vertebra's mask) and the wall is visceral fat.
+    ring = ndi.binary_dilation(holes) & ~holes
+    ring_labels = ndi.maximum_filter(labelled, size=3) * ring
+    muscle_share = ndi.mean(muscle[ring], ring_labels[ring], index)
+    keep = (areas <= IMAT_POCKET_MAX_MM2) & near & (muscle_share >= POCKET_MUSCLE_SHARE)
+    return np.concatenate([[False], keep])[labelled]
+
+
+def _split_at_necks(mask: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, int]:
+    """Label ``mask`` split where it narrows below ``2 * NECK_MM``.
+
+    The holes-filled mask is eroded by ``NECK_MM``; each remaining core claims the
+    mask pixels nearest to it. Parts thinner than the erosion everywhere (the quadratus
+    lumborum's band) have no core of their own and join the nearest one.
+
+    Returns
+    -------
+    tuple
+        ``(labels, n)``, labels 0 outside ``mask``.
+    """
+    solid = ndi.binary_fill_holes(ndi.binary_closing(mask, iterations=1) | mask)
+    core = ndi.distance_transform_edt(solid, sampling=pixel_mm) > NECK_MM
+    cores, n = ndi.label(core)
+    if n <= 1:
+        labelled, n = ndi.label(mask)
+        return labelled, n
+    nearest = ndi.distance_transform_edt(cores == 0, sampling=pixel_mm, return_distances=False, return_indices=True)
+    owner = cores[nearest[0], nearest[1]]
+    return np.where(mask, owner, 0), n

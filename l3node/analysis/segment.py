@@ -30,7 +30,8 @@ lives in the module named. The steps of :func:`segment_slice`:
 6. Psoas, quadratus lumborum, crura
    (:func:`~l3node.analysis.compartments.muscle_compartments`) -- muscle-range
    components beside and behind the vertebral body that touch the vertebra, or
-   the wall behind the vertebra's middle.
+   the wall behind the vertebra's middle; split first where they narrow to a neck
+   (a bowel loop pressed on the psoas).
 7. Wall edges -- muscle-range pixels straddling the fascia or the wall's inner
    boundary, touching wall muscle, are muscle: ray samples place both boundaries
    only to within a pixel, which at 3 mm is a third of a thin wall.
@@ -39,9 +40,11 @@ lives in the module named. The steps of :func:`segment_slice`:
 8. Labels: muscle-range pixels of the wall and those components are skeletal
    muscle, except within ``BOWEL_WALL_MM`` of bowel gas (the bowel wall);
    fat-range pixels between muscle pixels or in small pockets enclosed
-   by muscle are IMAT (:func:`~l3node.analysis.compartments.imat_compartment`); other
+   by muscle are IMAT (:func:`~l3node.analysis.compartments.imat_compartment`), except
+   pockets closed by muscle (and the vertebra) near the vertebra, which lie around the
+   spine (:func:`~l3node.analysis.compartments.paraspinal_pockets`); other
    fat-range pixels inside the fascia are VAT, except in and right behind the
-   vertebra and within ``GAS_MARGIN_MM`` of bowel gas (partial volume, stool);
+   vertebra, in those pockets and within ``GAS_MARGIN_MM`` of bowel gas (partial volume, stool);
    fat-range pixels outside the fascia, below the skin, are SAT. Skin, bone,
    organs, table and arms are 0. Fat straddling the fascia and touching SAT is SAT.
 
@@ -74,6 +77,7 @@ from l3node.analysis.compartments import (
     muscle_compartments,
     muscle_reference_hu,
     organs_and_fluid,
+    paraspinal_pockets,
 )
 from l3node.analysis.slice_vertebra import BONE_HU, around_spine, find_vertebra
 from l3node.analysis.tissues import Tissue
@@ -167,7 +171,10 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     near_gas = gas_mm <= max(GAS_MARGIN_MM, dy, dx)
     vat = fat_hu & inside & ~compartment & ~near_gas
     if spine is not None:
-        vat &= ~around_spine(spine, inside, (dy, dx)) & ~spine.bone
+        paraspinal = paraspinal_pockets(muscle, spine, (dy, dx))
+        paraspinal |= ndi.binary_dilation(paraspinal) & ~muscle
+        vat &= ~around_spine(spine, inside, (dy, dx)) & ~spine.bone & ~paraspinal
+        imat &= ~paraspinal
     # Skin: the outermost SKIN_MM, partial volume of air and dermis.
     sat = fat_hu & ~inside & (depth > max(SKIN_MM, dy, dx))
     # Fat straddling the fascia and touching SAT is SAT too (the fascia's ray

@@ -59,6 +59,10 @@ class Structure(IntEnum):
     PANCREAS = 37
     MARROW = 38  # fatty marrow of long bones
     THIN_CORTEX = 39  # endplates and thin bone plates, partial-volumed cortex
+    # Never painted: the truth relabels slice-centre codes (see l3node.phantom.render.settle_truth).
+    SLAB_BONE = 40  # soft tissue at the slice centre with bone elsewhere in the slab: partial volume, no compartment
+    PARASPINAL_FAT = 41  # fat enclosed by the vertebra and the back muscles, psoas or QL: fat around the spine, not VAT
+    INTERMUSCULAR_FAT = 42  # fat pocket enclosed by muscle alone (muscle compartment: IMAT), not VAT
 
 
 STRUCTURE_NAMES: dict[int, str] = {int(s): s.name.lower() for s in Structure}
@@ -74,6 +78,7 @@ class Compartment(IntEnum):
 
 _COMPARTMENT_OF = np.zeros(256, np.uint8)
 for _s, _c in ((Structure.MUSCLE, Compartment.MUSCLE), (Structure.IMAT, Compartment.MUSCLE),
+               (Structure.INTERMUSCULAR_FAT, Compartment.MUSCLE),
                (Structure.VAT, Compartment.VISCERAL), (Structure.SAT, Compartment.SUBCUTANEOUS)):
     _COMPARTMENT_OF[int(_s)] = int(_c)
 COMPARTMENT_OF_STRUCTURE: np.ndarray = _COMPARTMENT_OF
@@ -126,6 +131,10 @@ _BASE_HU: dict[Structure, tuple[float, float]] = {
     Structure.PANCREAS: (40.0, 8.0),
     Structure.MARROW: (-40.0, 25.0),
     Structure.THIN_CORTEX: (280.0, 50.0),
+    # Relabelled after rendering (the HU came from the painted code); listed so that every code has a row.
+    Structure.SLAB_BONE: (45.0, 8.0),
+    Structure.PARASPINAL_FAT: (-92.0, 13.0),
+    Structure.INTERMUSCULAR_FAT: (-92.0, 13.0),
 }
 
 _CONTRAST: dict[str, dict[Structure, float]] = {
@@ -173,6 +182,7 @@ def hu_tables(*, age_years: float, muscle_fat_infiltration: float, phase: str,
     lo[int(Structure.FECES)], hi[int(Structure.FECES)] = -20.0, 140.0
     for structure in (Structure.MUSCLE,):
         lo[int(structure)], hi[int(structure)] = MUSCLE_HU_RANGE[0] + 5, MUSCLE_HU_RANGE[1] - 5
-    for structure in (Structure.IMAT, Structure.VAT, Structure.SAT):
+    for structure in (Structure.IMAT, Structure.VAT, Structure.SAT, Structure.PARASPINAL_FAT,
+                      Structure.INTERMUSCULAR_FAT):
         lo[int(structure)], hi[int(structure)] = FAT_HU_RANGE[0] + 5, FAT_HU_RANGE[1] - 5
     return mean, amp, lo, hi

@@ -4,6 +4,9 @@ Thick slices (>= 2 mm) average three sub-slices across the slice thickness, so e
 ribs and organ edges show the partial-volume effect of real thick-slice CT; the label maps
 are painted at the slice centre. Blur and noise are applied to everything alike; the tissue
 labels are derived afterwards from this final image (see :mod:`l3node.phantom.truth`).
+Two corrections of the centre's codes (:func:`settle_truth`) keep the compartments to the
+paper's definition: soft tissue with bone elsewhere in the slab is partial volume, and fat
+pockets enclosed by muscle (and the vertebra) are not visceral.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from l3node.phantom import acquisition as acq_mod
 from l3node.phantom.anatomy import Spine, paint_vertebra
@@ -24,6 +28,93 @@ from l3node.phantom.ribs import RibCage
 
 _BONE = (int(Structure.CORTICAL), int(Structure.CANCELLOUS), int(Structure.THIN_CORTEX))
 _FECES, _GAS = int(Structure.FECES), int(Structure.BOWEL_GAS)
+_SOFT = (int(Structure.MUSCLE), int(Structure.IMAT), int(Structure.VAT), int(Structure.SAT))
+_MUSCLE_CODES = (int(Structure.MUSCLE), int(Structure.IMAT))
+_SPINE = (int(Structure.DISC), int(Structure.CANAL), int(Structure.EPIDURAL_FAT), int(Structure.SLAB_BONE))
+_EIGHT = np.ones((3, 3), bool)
+POCKET_MAX_MM2 = 500.0
+"""Visceral fat enclosed by muscle in pockets up to this size is intermuscular; a larger
+enclosure would be a cavity (the same limit as the segmentation's IMAT pockets)."""
+SPINE_POCKET_MM = 10.0
+"""A pocket this close to the spine lies around it (paraspinal), not between muscles."""
+
+
+def settle_truth(codes: np.ndarray, bone_in_slab: np.ndarray, vertebra: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """Correct the slice-centre structure codes where the centre alone misstates the compartment.
+
+    * Muscle or fat at the centre with bone (cortex, cancellous bone) in another sub-slice of
+      the slab is :attr:`~Structure.SLAB_BONE`: its voxel is partly bone (the blurred rings of
+      articular processes that a thick slice grazes), in no compartment.
+    * Visceral fat in a pocket (up to ``POCKET_MAX_MM2``) enclosed, 8-connected, by muscle
+      and the spine is :attr:`~Structure.PARASPINAL_FAT` when it comes within
+      ``SPINE_POCKET_MM`` of the spine (no compartment: fat around the spine, which visceral
+      fat excludes -- the triangles between vertebra, psoas, quadratus lumborum and erector
+      spinae), otherwise :attr:`~Structure.INTERMUSCULAR_FAT` (muscle compartment: IMAT,
+      fat between muscles).
+
+    Parameters
+    ----------
+    codes:
+        Structure codes painted at the slice centre, ``(rows, cols)`` uint8.
+    bone_in_slab:
+        True where any sub-slice of the slab painted bone.
+    vertebra:
+        True on the vertebra's bone at the slice centre.
+    pixel_mm:
+        Pixel size (square pixels).
+
+    Returns
+    -------
+    numpy.ndarray
+        The corrected codes (a new array).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    """
+    if not codes.shape == bone_in_slab.shape == vertebra.shape:
+        raise ValueError(f"codes {codes.shape}, bone {bone_in_slab.shape} and vertebra {vertebra.shape} differ")
+    out = codes.copy()
+    out[bone_in_slab & code_lut(_SOFT)[codes]] = int(Structure.SLAB_BONE)
+    vat = out == int(Structure.VAT)
+    labelled, n = ndi.label(vat, structure=_EIGHT)
+    if n == 0:
+        return out
+    sizes = np.bincount(labelled.ravel(), minlength=n + 1)
+    small = np.nonzero(sizes[1:] * pixel_mm**2 <= POCKET_MAX_MM2)[0] + 1
+    if len(small) == 0:
+        return out
+    muscle = code_lut(_MUSCLE_CODES)[out]
+    spine = code_lut(_SPINE)[out] | vertebra  # other bone (ribs) leaves a pocket visceral
+    # The spine for "near": vertebra, canal and disc, and bone grazed by the slab beside
+    # the vertebra (articular processes), not a rib crossing the wall.
+    around = spine.copy()
+    slab = out == int(Structure.SLAB_BONE)
+    if slab.any():
+        beside = np.zeros_like(slab)
+        if vertebra.any():
+            reach = int(np.ceil(2 * SPINE_POCKET_MM / pixel_mm))
+            (rows, cols), = ndi.find_objects(vertebra.astype(np.uint8))
+            beside[max(rows.start - reach, 0):rows.stop + reach, max(cols.start - reach, 0):cols.stop + reach] = True
+        around &= ~slab | beside
+    margin = int(np.ceil(SPINE_POCKET_MM / pixel_mm)) + 1
+    boxes = ndi.find_objects(labelled)
+    for i in small:
+        # Each small component in its box, padded for the rim and the distance to the spine.
+        rows, cols = boxes[i - 1]
+        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        window = (slice(r0, rows.stop + margin), slice(c0, cols.stop + margin))
+        own = labelled[window] == i
+        rim = ndi.binary_dilation(own, structure=_EIGHT) & ~own
+        if not (muscle[window][rim] | spine[window][rim]).all():
+            continue
+        near = False
+        if around[window].any():
+            near = ndi.distance_transform_edt(~around[window], sampling=pixel_mm)[own].min() <= SPINE_POCKET_MM
+        code = Structure.PARASPINAL_FAT if near else Structure.INTERMUSCULAR_FAT
+        out[window][own] = int(code)
+    return out
 
 
 @dataclass(frozen=True)
@@ -144,15 +235,18 @@ def render_volume(scene: Scene, x_mm: np.ndarray, y_mm: np.ndarray, z_mm: np.nda
         texture = bank.smooth_in_z(bank.texture, z, 6.0)
         clean = np.zeros(shape[1:], np.float32)
         metal = None
+        bone_in_slab = np.zeros(shape[1:], bool)
         for offset in offsets:
             centre = offset == 0.0
             codes = painter.paint(z + offset, vertebrae[k] if centre else None, bodies[k] if centre else None)
             clean += np.clip(mean[codes] + amp[codes] * texture, lo[codes], hi[codes])
+            bone_in_slab |= code_lut(_BONE)[codes]
             if offset == 0.0:
                 structures[k] = codes
             if acq["metal"]:
                 metal = (codes == metal_code) if metal is None else metal | (codes == metal_code)
         clean /= np.float32(len(offsets))
+        structures[k] = settle_truth(structures[k], bone_in_slab, vertebrae[k] > 0, pixel)
         img = acq_mod.apply_kernel(clean, acq["kernel"], pixel)
         img += np.float32(sd) * bank.noise_slice()
         if metal is not None:

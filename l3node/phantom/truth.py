@@ -24,12 +24,16 @@ TISSUE_DEFINITION = {
     "sat": {"compartment": "subcutaneous", "hu": list(FAT_HU_RANGE)},
     "compartments": {
         "muscle": "inside the fascia of psoas, quadratus lumborum, erector spinae/multifidus and the abdominal "
-                  "wall muscles (rectus, obliques, transversus), including their fatty streaks; arms excluded",
-        "visceral": "fat inside the abdominal wall, excluding organs, bowel (wall and content), vessels and spine",
+                  "wall muscles (rectus, obliques, transversus), including their fatty streaks and fat pockets "
+                  "(up to 5 cm^2) enclosed by muscle alone more than 10 mm from the spine; arms excluded",
+        "visceral": "fat inside the abdominal wall, excluding organs, bowel (wall and content), vessels and spine, "
+                    "and fat pockets enclosed by muscle (and the spine) within 10 mm of the spine (fat around "
+                    "the spine: no compartment)",
         "subcutaneous": "between the skin and the abdominal wall / back muscle fascia",
     },
     "unlabelled": "compartment voxels whose HU is outside both ranges (partial volume with bone, skin, "
-                  "gas or organs, or noise beyond the range) carry no tissue label",
+                  "gas or organs, or noise beyond the range) carry no tissue label; voxels whose slab holds "
+                  "bone anywhere (a thick slice grazing a vertebra's processes) are in no compartment",
 }
 """How ``tissue_labels`` are defined; copied into ``ground_truth["tissue_definition"]``."""
 
