@@ -498,3 +498,14 @@ def test_thin_lower_ribs_in_coarse_working_voxels_are_found():
     assert len(t11) == 1 and min(t11[0].rib_left_mm, t11[0].rib_right_mm) >= 38.0
     result = locate_l3(p.volume, RIBS)
     assert result.status is L3Status.FOUND and abs(result.z_mm - p.ground_truth["l3_inferior_endplate_z_mm"]) < 10
+
+
+def test_scan_ending_at_the_l3_endplate_gets_its_last_slice():
+    # The scan's last slice holds the L3 endplate (1.2 mm slices); the working grid measured
+    # the endplate 1.3 mm below it, so the answer used to be "not in field of view".
+    p = phantom.make_phantom("four_lumbar", 30106, matrix=256)
+    truth = p.ground_truth["l3_inferior_endplate_z_mm"]
+    assert p.ground_truth["l3_slice_index"] == 0
+    result = locate_l3(p.volume, RIBS)
+    assert result.status is L3Status.UNCERTAIN and result.slice_index is not None
+    assert abs(result.z_mm - truth) < 10

@@ -384,6 +384,9 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
             return _outside(volume, spine, len(vs), method, variant, vertebrae, notes, rib_z, sac_z)
         notes.append("L3 is the lowest vertebra: its endplate is at the scan edge, no disc seen below")
         status, confidence = L3Status.UNCERTAIN, min(confidence, 0.4)
+        # The working grid blurs the last millimetres of bone: an endplate measured just
+        # below the last slice is at that slice.
+        z = max(z, float(min(volume.z_mm[0], volume.z_mm[-1])))
     if 0 < v.half_width_mm <= MIN_HALF_WIDTH_MM:  # 0: width not measured
         # No body where "L3" was sampled: the canal track has left the column there, and the
         # cuts between its "vertebrae" are not endplates. The level is counted, not located.
