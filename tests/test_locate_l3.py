@@ -509,3 +509,29 @@ def test_scan_ending_at_the_l3_endplate_gets_its_last_slice():
     result = locate_l3(p.volume, RIBS)
     assert result.status is L3Status.UNCERTAIN and result.slice_index is not None
     assert abs(result.z_mm - truth) < 10
+
+
+def test_a_twelfth_rib_measured_into_the_eleventh_is_read_by_its_shorter_side():
+    """Thick slices join a lower rib to the rib above through the transverse process; the
+    joined side measures long, never the other side, so the shorter side names the rib."""
+    from dataclasses import replace
+
+    from l3node.analysis.locate_l3 import read_anatomy
+    from l3node.analysis.spine import SpineAnalysis
+
+    def reading(levels):
+        vs = [_vertebra(250.0 - 33 * i) for i in range(8)]
+        for i, (left, right) in levels.items():
+            vs[i] = replace(vs[i], rib_left_mm=left, rib_right_mm=right)
+        return read_anatomy(SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 300.0)))
+
+    cage = {0: (300.0, 300.0), 1: (220.0, 216.0)}
+    # T12 (truth 90 mm) measured 103 / 208: a twelfth rib, not an eleventh above a rib-less T12.
+    r = reading({**cage, 2: (103.0, 208.0)})
+    assert (r.t12, r.thoracolumbar) == (2, None)
+    # L1 stub (30 mm) measured 30 / 119 below a twelfth-rib pair: a rudimentary L1 rib.
+    r = reading({**cage, 2: (134.0, 130.0), 3: (30.0, 119.0)})
+    assert (r.t12, r.thoracolumbar) == (2, "l1_rib")
+    # The same stub below an eleventh-rib pair is a hypoplastic twelfth rib.
+    r = reading({**cage, 2: (30.0, 119.0)})
+    assert (r.t12, r.thoracolumbar) == (2, "t12_rib_hypoplasia")

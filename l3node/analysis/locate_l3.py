@@ -153,15 +153,23 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
             break  # across a rib-less level only a bilateral rib pair continues the cage
         last = i
     below = vs[last + 1] if last + 1 < len(vs) and not vs[last + 1].sacral else None
-    if vs[last].rib_mm >= ELEVENTH_RIB_MIN_MM:
+    sides = (vs[last].rib_left_mm, vs[last].rib_right_mm)
+    # A twelfth rib's measurement may run on into the eleventh rib passing beside it (thick
+    # slices, through the transverse process), never the other way round: with both sides
+    # seen, the shorter one tells an eleventh rib from a twelfth.
+    if (min(sides) if min(sides) > 0 else max(sides)) >= ELEVENTH_RIB_MIN_MM:
         if below is None:
             return last + 1, None
         return last + 1, "t12_rib_hypoplasia" if below.rib_mm > 0 else "t12_rib_aplasia"
-    sides = (vs[last].rib_left_mm, vs[last].rib_right_mm)
     if min(sides) > 0 and min(sides) < NORMAL_RIB_MIN_MM and max(sides) < CAGE_RIB_MIN_MM:
         # Both twelfth ribs seen, one short: a stub's measurement may run on into the
         # eleventh rib passing beside it (phantoms: 15-32 mm stubs measured 28-30 and
         # 52-55 mm), never the other way round, so the shorter side decides.
+        above = vs[last - 1] if last >= 1 else None
+        if above is not None and NORMAL_RIB_MIN_MM <= min(above.rib_left_mm, above.rib_right_mm) < ELEVENTH_RIB_MIN_MM:
+            # ... and when the level above carries a pair of twelfth-rib length, the stub is
+            # a rudimentary L1 rib whose measurement ran on into the twelfth rib.
+            return last - 1, "l1_rib"
         return last, "t12_rib_hypoplasia"
     if below is not None and below.rib_mm > 0:
         after = vs[last + 2] if last + 2 < len(vs) else None
