@@ -93,11 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate L3 location or segmentation")
     evaluate.add_argument("what", choices=("l3", "seg"))
     evaluate.add_argument("cases", nargs="*", type=Path,
-                          help="labelled cases (folders with ct.nii.gz + labels); none: phantoms")
+                          help="labelled cases (folders with ct.nii.gz + labels; seg: FOLDER@K-K or "
+                               "phantom:<variant>:<seed>); none: phantoms")
     evaluate.add_argument("--phantoms-per-variant", type=int, default=0)
     evaluate.add_argument("--phantoms-per-class", type=int, default=0,
                           help="l3: this many phantoms of each variant class (the paper's subgroups)")
-    evaluate.add_argument("--first-seed", type=int, default=0, help="l3: first phantom seed")
+    evaluate.add_argument("--first-seed", type=int, default=0, help="first phantom seed")
     evaluate.add_argument("--workers", type=int, default=1, help="l3: processes for phantom cases")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"))
     evaluate.set_defaults(func=_evaluate)
@@ -188,7 +189,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                                 workers=args.workers)
     from l3node.train.evaluate_seg import main_evaluate_seg
 
-    return int(main_evaluate_seg(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant) or 0)
+    return int(main_evaluate_seg(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant,
+                                 first_seed=args.first_seed) or 0)
 
 
 def _train(args: argparse.Namespace) -> int:

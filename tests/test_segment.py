@@ -450,3 +450,13 @@ def test_evaluation_metrics_and_report(tmp_path):
     text = (tmp_path / "segmentation_eval.md").read_text()
     assert "| skeletal_muscle | 2 |" in text
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_phantom_case_specs_start_at_the_first_seed():
+    from l3node.phantom import VARIANTS
+    from l3node.train.evaluate_seg import phantom_case_specs
+
+    specs = phantom_case_specs(2, first_seed=1000)
+    assert len(specs) == 2 * len(VARIANTS)
+    assert f"phantom:{VARIANTS[0]}:1000" in specs and f"phantom:{VARIANTS[-1]}:1001" in specs
+    assert not any(spec.endswith(":0") or spec.endswith(":1") for spec in specs)

@@ -21,7 +21,8 @@ RIB_SPLIT_BIAS_MM = 20.0
 RIB_HEAD_MIN_HU = 300.0
 RIB_THIN_HEAD_MIN_HU = 200.0
 """Second try for rib heads when fewer than two voxels reach :data:`RIB_HEAD_MIN_HU` (phantom
-11th/12th rib necks at 3.3 mm working voxels: 240-290 HU)."""
+11th/12th rib necks at 3.3 mm working voxels: 200-290 HU; kidney and bowel components are
+rejected by :func:`_bowel_like`)."""
 RIB_BONE_HU = 250.0
 RIB_CORTEX_HU = 380.0
 RIB_MAX_RADIUS_MM = 6.5

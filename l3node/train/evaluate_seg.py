@@ -290,12 +290,21 @@ def evaluate_and_report(cases: Iterable[str], out_dir: str | Path, config: Analy
     return summary
 
 
-def main_evaluate_seg(cases: Iterable[str | Path], out: str | Path, phantoms_per_variant: int = 0) -> int:
-    """Entry point of ``l3node evaluate seg CASES... [--phantoms-per-variant N] [--out DIR]``.
+def phantom_case_specs(per_variant: int, first_seed: int = 0) -> list[str]:
+    """``phantom:<variant>:<seed>`` for seeds ``first_seed`` .. ``first_seed + per_variant - 1`` of every variant."""
+    from l3node.phantom import VARIANTS
+
+    return [f"phantom:{variant}:{seed}" for variant in VARIANTS for seed in range(first_seed, first_seed + per_variant)]
+
+
+def main_evaluate_seg(cases: Iterable[str | Path], out: str | Path, phantoms_per_variant: int = 0,
+                      first_seed: int = 0) -> int:
+    """Entry point of ``l3node evaluate seg CASES... [--phantoms-per-variant N] [--first-seed S] [--out DIR]``.
 
     Cases are folder specifications or ``phantom:<variant>:<seed>`` (see module
-    docstring). ``phantoms_per_variant`` N > 0 adds seeds 0..N-1 of every phantom
-    variant; with no cases at all, one phantom per variant is used. Returns 0, or
+    docstring). ``phantoms_per_variant`` N > 0 adds seeds S..S+N-1 of every phantom
+    variant (held-out sets: a ``first_seed`` never used in development); with no cases
+    at all, seed S of every variant is used. Returns 0, or
     2 after printing why a case could not be evaluated.
 
     Raises
@@ -303,11 +312,8 @@ def main_evaluate_seg(cases: Iterable[str | Path], out: str | Path, phantoms_per
     OSError
         If the report cannot be written.
     """
-    from l3node.phantom import VARIANTS
-
     specs = [str(case) for case in cases]
-    count = phantoms_per_variant if phantoms_per_variant > 0 else (0 if specs else 1)
-    specs += [f"phantom:{variant}:{seed}" for variant in VARIANTS for seed in range(count)]
+    specs += phantom_case_specs(phantoms_per_variant if phantoms_per_variant > 0 else (0 if specs else 1), first_seed)
     try:
         summary = evaluate_and_report(specs, out)
     except (ValueError, FileNotFoundError) as exc:
