@@ -52,6 +52,10 @@ PSOAS_FRONT_MM = 3.0
 NECK_MM = 5.0
 """A psoas component narrowing to less than twice this is split there: bowel loops
 (radius 9-17 mm) pressed on the psoas keep a core of their own."""
+SPLIT_STEP_MM = 1.0
+PEAK_PROMINENCE_MM = 1.5
+"""Two summits of a kept component's distance map, each this much above the level where
+they part, are two bodies: a bowel loop pressed on the psoas over a broad contact."""
 IMAT_POCKET_MAX_MM2 = 500.0
 """Fat enclosed by muscle in pockets up to this size is IMAT; larger is a cavity (VAT)."""
 SPINE_POCKET_MM = 10.0
@@ -112,7 +116,10 @@ def back_muscle_hu(smooth: np.ndarray, muscle_hu: np.ndarray, spine: SpinePlane,
     rows = np.arange(muscle_hu.shape[0])[:, None]
     cols = np.arange(muscle_hu.shape[1])[None, :]
     back = (rows > spine.centre[0]) & (np.abs(cols - spine.centre[1]) * pixel_mm[1] <= PARASPINAL_HALF_WIDTH_MM)
-    core = ndi.binary_erosion(muscle_hu & back & ~spine.bone, iterations=max(1, int(round(3.0 / min(pixel_mm)))))
+    # Single pixels pushed out of the muscle range by noise (sharp kernels, thin slices)
+    # would riddle the core with holes that the erosion widens until nothing is left.
+    solid = ndi.binary_closing(muscle_hu, iterations=1) | muscle_hu
+    core = ndi.binary_erosion(solid & back & ~spine.bone, iterations=max(1, int(round(3.0 / min(pixel_mm)))))
     if core.sum() * pixel_mm[0] * pixel_mm[1] < 300.0:
         return None
     return float(np.median(smooth[core]))
@@ -379,11 +386,15 @@ def paraspinal_pockets(muscle: np.ndarray, spine: SpinePlane, pixel_mm: tuple[fl
 
 
 def _split_at_necks(mask: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, int]:
-    """Label ``mask`` split where it narrows below ``2 * NECK_MM``.
+    """Label ``mask`` split where it narrows below ``2 * NECK_MM``, or between two bulges.
 
-    The holes-filled mask is eroded by ``NECK_MM``; each remaining core claims the
-    mask pixels nearest to it. Parts thinner than the erosion everywhere (the quadratus
-    lumborum's band) have no core of their own and join the nearest one.
+    The holes-filled mask's distance map is thresholded at ``NECK_MM`` and then at
+    every further ``SPLIT_STEP_MM``: a core that falls apart into pieces each rising
+    ``PEAK_PROMINENCE_MM`` above the level where they parted is two bodies (a bowel
+    loop pressed broadly on the psoas, with a waist but no narrow neck), and each piece
+    is followed on up. Each final core claims the mask pixels nearest to it. Parts
+    thinner than ``NECK_MM`` everywhere (the quadratus lumborum's band) have no core of
+    their own and join the nearest one.
 
     Returns
     -------
@@ -391,11 +402,41 @@ def _split_at_necks(mask: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np
         ``(labels, n)``, labels 0 outside ``mask``.
     """
     solid = ndi.binary_fill_holes(ndi.binary_closing(mask, iterations=1) | mask)
-    core = ndi.distance_transform_edt(solid, sampling=pixel_mm) > NECK_MM
-    cores, n = ndi.label(core)
-    if n <= 1:
+    depth = ndi.distance_transform_edt(solid, sampling=pixel_mm)
+    cores = _peaks(depth, depth > NECK_MM, NECK_MM)
+    if len(cores) <= 1:
         labelled, n = ndi.label(mask)
         return labelled, n
-    nearest = ndi.distance_transform_edt(cores == 0, sampling=pixel_mm, return_distances=False, return_indices=True)
-    owner = cores[nearest[0], nearest[1]]
-    return np.where(mask, owner, 0), n
+    marked = np.zeros(mask.shape, np.int32)
+    for label, core in enumerate(cores, start=1):
+        marked[core] = label
+    nearest = ndi.distance_transform_edt(marked == 0, sampling=pixel_mm, return_distances=False, return_indices=True)
+    owner = marked[nearest[0], nearest[1]]
+    return np.where(mask, owner, 0), len(cores)
+
+
+def _peaks(depth: np.ndarray, region: np.ndarray, level: float) -> list[np.ndarray]:
+    """Cores of ``region`` (pixels deeper than ``level``), split where the distance map has
+    separate summits at least ``PEAK_PROMINENCE_MM`` above the level at which they part."""
+    labelled, n = ndi.label(region)
+    cores: list[np.ndarray] = []
+    for i in range(1, n + 1):
+        piece = labelled == i
+        top = float(depth[piece].max())
+        current = level
+        while True:
+            current += SPLIT_STEP_MM
+            if current >= top:
+                cores.append(piece)
+                break
+            parts, m = ndi.label(piece & (depth > current))
+            if m < 2:
+                continue
+            heights = ndi.maximum(depth, parts, np.arange(1, m + 1))
+            summits = np.nonzero(heights >= current + PEAK_PROMINENCE_MM)[0]
+            if len(summits) < 2:
+                continue
+            for j in summits:
+                cores.extend(_peaks(depth, parts == j + 1, current))
+            break
+    return cores
