@@ -9,9 +9,10 @@ import pytest
 from scipy import ndimage as ndi
 
 from l3node.analysis.body import NOISE_TARGET_HU, geometry_hu, noise_sd_hu
-from l3node.analysis.compartments import NECK_MM, back_muscle_hu, muscle_compartments, organs_and_fluid, smoothed_hu
+from l3node.analysis.compartments import back_muscle_hu, muscle_compartments, organs_and_fluid, smoothed_hu
 from l3node.analysis.segment import body_mask, segment_at_l3, segment_slice
 from l3node.analysis.slice_vertebra import find_vertebra
+from l3node.analysis.split_bodies import NECK_MM
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 
 from l3node.analysis.body_wall import MUSCLE, PARASPINAL_HALF_WIDTH_MM
 from l3node.analysis.slice_vertebra import SpinePlane
+from l3node.analysis.split_bodies import split_at_necks
 
 __all__ = [
     "BOWEL_WALL_MM", "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "back_muscle_hu", "imat_compartment",
@@ -49,13 +50,6 @@ PSOAS_MEDIAL_FRACTION = 0.7
 fraction of the vertebral body's half width (aorta and IVC lie nearer)."""
 PSOAS_FRONT_MM = 3.0
 """Muscle components may reach this far in front of the vertebral body (bowel lies further)."""
-NECK_MM = 5.0
-"""A psoas component narrowing to less than twice this is split there: bowel loops
-(radius 9-17 mm) pressed on the psoas keep a core of their own."""
-SPLIT_STEP_MM = 1.0
-PEAK_PROMINENCE_MM = 1.5
-"""Two summits of a kept component's distance map, each this much above the level where
-they part, are two bodies: a bowel loop pressed on the psoas over a broad contact."""
 IMAT_POCKET_MAX_MM2 = 500.0
 """Fat enclosed by muscle in pockets up to this size is IMAT; larger is a cavity (VAT)."""
 SPINE_POCKET_MM = 10.0
@@ -297,7 +291,7 @@ def muscle_compartments(
     # Bowel loops of muscle HU pressed on the psoas join it across a neck; split kept
     # components at necks and keep only the parts that pass the same test (phantoms:
     # 0.5 cm^2 less bowel per slice taken for psoas, seeds 0-19).
-    parts, n_parts = _split_at_necks(grown, pixel_mm)
+    parts, n_parts = split_at_necks(grown, pixel_mm)
     if n_parts:
         index = np.arange(1, n_parts + 1)
         median_row = ndi.median(np.broadcast_to(rows, muscle_hu.shape), parts, index)
@@ -383,60 +377,3 @@ def paraspinal_pockets(muscle: np.ndarray, spine: SpinePlane, pixel_mm: tuple[fl
     muscle_share = ndi.mean(muscle[ring], ring_labels[ring], index)
     keep = (areas <= IMAT_POCKET_MAX_MM2) & near & (muscle_share >= POCKET_MUSCLE_SHARE)
     return np.concatenate([[False], keep])[labelled]
-
-
-def _split_at_necks(mask: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, int]:
-    """Label ``mask`` split where it narrows below ``2 * NECK_MM``, or between two bulges.
-
-    The holes-filled mask's distance map is thresholded at ``NECK_MM`` and then at
-    every further ``SPLIT_STEP_MM``: a core that falls apart into pieces each rising
-    ``PEAK_PROMINENCE_MM`` above the level where they parted is two bodies (a bowel
-    loop pressed broadly on the psoas, with a waist but no narrow neck), and each piece
-    is followed on up. Each final core claims the mask pixels nearest to it. Parts
-    thinner than ``NECK_MM`` everywhere (the quadratus lumborum's band) have no core of
-    their own and join the nearest one.
-
-    Returns
-    -------
-    tuple
-        ``(labels, n)``, labels 0 outside ``mask``.
-    """
-    solid = ndi.binary_fill_holes(ndi.binary_closing(mask, iterations=1) | mask)
-    depth = ndi.distance_transform_edt(solid, sampling=pixel_mm)
-    cores = _peaks(depth, depth > NECK_MM, NECK_MM)
-    if len(cores) <= 1:
-        labelled, n = ndi.label(mask)
-        return labelled, n
-    marked = np.zeros(mask.shape, np.int32)
-    for label, core in enumerate(cores, start=1):
-        marked[core] = label
-    nearest = ndi.distance_transform_edt(marked == 0, sampling=pixel_mm, return_distances=False, return_indices=True)
-    owner = marked[nearest[0], nearest[1]]
-    return np.where(mask, owner, 0), len(cores)
-
-
-def _peaks(depth: np.ndarray, region: np.ndarray, level: float) -> list[np.ndarray]:
-    """Cores of ``region`` (pixels deeper than ``level``), split where the distance map has
-    separate summits at least ``PEAK_PROMINENCE_MM`` above the level at which they part."""
-    labelled, n = ndi.label(region)
-    cores: list[np.ndarray] = []
-    for i in range(1, n + 1):
-        piece = labelled == i
-        top = float(depth[piece].max())
-        current = level
-        while True:
-            current += SPLIT_STEP_MM
-            if current >= top:
-                cores.append(piece)
-                break
-            parts, m = ndi.label(piece & (depth > current))
-            if m < 2:
-                continue
-            heights = ndi.maximum(depth, parts, np.arange(1, m + 1))
-            summits = np.nonzero(heights >= current + PEAK_PROMINENCE_MM)[0]
-            if len(summits) < 2:
-                continue
-            for j in summits:
-                cores.extend(_peaks(depth, parts == j + 1, current))
-            break
-    return cores

@@ -33,7 +33,8 @@ lives in the module named. The steps of :func:`segment_slice`:
    typical wall, or than a wall can be, met an organ or bowel and take the
    neighbours' thickness -- except backward rays behind the spine (back muscles).
 6. Psoas, quadratus lumborum, crura
-   (:func:`~l3node.analysis.compartments.muscle_compartments`) -- muscle-range
+   (:func:`~l3node.analysis.compartments.muscle_compartments`, split by
+   :func:`~l3node.analysis.split_bodies.split_at_necks`) -- muscle-range
    components beside and behind the vertebral body that touch the vertebra, or
    the wall behind the vertebra's middle; split first where they narrow to a neck
    or bulge into two summits of their distance map (a bowel loop pressed on the psoas).
