@@ -532,6 +532,14 @@ def test_a_twelfth_rib_measured_into_the_eleventh_is_read_by_its_shorter_side():
     # L1 stub (30 mm) measured 30 / 119 below a twelfth-rib pair: a rudimentary L1 rib.
     r = reading({**cage, 2: (134.0, 130.0), 3: (30.0, 119.0)})
     assert (r.t12, r.thoracolumbar) == (2, "l1_rib")
+    # L1 stubs measured along the twelfth rib to its tip: nearly as long as the pair above.
+    r = reading({**cage, 2: (76.0, 76.0), 3: (63.0, 63.0)})
+    assert (r.t12, r.thoracolumbar) == (2, "l1_rib")
+    r = reading({**cage, 2: (102.0, 101.0), 3: (0.0, 96.0)})
+    assert (r.t12, r.thoracolumbar) == (2, "l1_rib")
+    # A twelfth pair well short of the eleventh above is a twelfth pair.
+    r = reading({0: (300.0, 300.0), 1: (300.0, 290.0), 2: (190.0, 195.0), 3: (140.0, 138.0)})
+    assert (r.t12, r.thoracolumbar) == (3, None)
     # The same stub below an eleventh-rib pair is a hypoplastic twelfth rib.
     r = reading({**cage, 2: (30.0, 119.0)})
     assert (r.t12, r.thoracolumbar) == (2, "t12_rib_hypoplasia")

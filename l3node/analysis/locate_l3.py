@@ -50,6 +50,9 @@ log = get_logger(__name__)
 ELEVENTH_RIB_MIN_MM = 185.0
 """A last normal rib this long (as measured: voxel path, ~15-30 % over the true arc) is an
 eleventh rib; twelfth ribs are shorter (phantoms 60-130 mm, eleventh >= 175 mm)."""
+SAME_RIB_RATIO = 0.8
+"""A rib pair at least this fraction of the twelfth-rib pair above it is that rib measured
+again from the level below (:func:`_runs_into_rib_above`)."""
 CAGE_RIB_MIN_MM = 120.0
 """A rib this long (as measured) is certainly part of the thoracic cage; the walk down to
 T12 starts at the first one (:func:`_read_ribs`)."""
@@ -152,6 +155,9 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
         if i == last + 2 and min(vs[i].rib_left_mm, vs[i].rib_right_mm) < NORMAL_RIB_MIN_MM:
             break  # across a rib-less level only a bilateral rib pair continues the cage
         last = i
+    if last >= 1 and last - 1 >= start and _runs_into_rib_above(vs[last], vs[last - 1]):
+        # An L1 stub measured along the twelfth rib: the level above is T12.
+        return last - 1, "l1_rib"
     below = vs[last + 1] if last + 1 < len(vs) and not vs[last + 1].sacral else None
     sides = (vs[last].rib_left_mm, vs[last].rib_right_mm)
     # A twelfth rib's measurement may run on into the eleventh rib passing beside it (thick
@@ -179,6 +185,22 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
             return last, None
         return last, "l1_rib"
     return last, None
+
+
+def _runs_into_rib_above(v: VertebraFound, above: VertebraFound) -> bool:
+    """True when the rib pair of ``v`` is nearly as long as the twelfth-rib-length pair above.
+
+    Ribs shorten fast below the tenth (eleventh ~190 mm, twelfth 60-130 mm), so two adjacent
+    pairs of about the same length under the eleventh rib are one rib seen twice: a
+    rudimentary L1 rib (or transverse process) whose measurement ran on along the twelfth rib
+    to the same tip (phantoms: 13-28 mm stubs measured 63-110 mm, 80-90 % of the twelfth).
+    """
+    if v.rib_mm <= 0 or min(above.rib_left_mm, above.rib_right_mm) < NORMAL_RIB_MIN_MM:
+        return False
+    # The shorter side when both are seen (a run-on makes a side longer, never shorter).
+    lower = min(v.rib_left_mm, v.rib_right_mm) or v.rib_mm
+    upper = max(above.rib_left_mm, above.rib_right_mm)
+    return upper < ELEVENTH_RIB_MIN_MM and lower >= SAME_RIB_RATIO * upper
 
 
 def _read_junction(vs: tuple[VertebraFound, ...], t12: int | None, sacrum: int) -> str | None:
