@@ -160,10 +160,7 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
         return last - 1, "l1_rib"
     below = vs[last + 1] if last + 1 < len(vs) and not vs[last + 1].sacral else None
     sides = (vs[last].rib_left_mm, vs[last].rib_right_mm)
-    # A twelfth rib's measurement may run on into the eleventh rib passing beside it (thick
-    # slices, through the transverse process), never the other way round: with both sides
-    # seen, the shorter one tells an eleventh rib from a twelfth.
-    if (min(sides) if min(sides) > 0 else max(sides)) >= ELEVENTH_RIB_MIN_MM:
+    if _shorter_seen_side(vs[last]) >= ELEVENTH_RIB_MIN_MM:
         if below is None:
             return last + 1, None
         return last + 1, "t12_rib_hypoplasia" if below.rib_mm > 0 else "t12_rib_aplasia"
@@ -197,10 +194,17 @@ def _runs_into_rib_above(v: VertebraFound, above: VertebraFound) -> bool:
     """
     if v.rib_mm <= 0 or min(above.rib_left_mm, above.rib_right_mm) < NORMAL_RIB_MIN_MM:
         return False
-    # The shorter side when both are seen (a run-on makes a side longer, never shorter).
-    lower = min(v.rib_left_mm, v.rib_right_mm) or v.rib_mm
     upper = max(above.rib_left_mm, above.rib_right_mm)
-    return upper < ELEVENTH_RIB_MIN_MM and lower >= SAME_RIB_RATIO * upper
+    return upper < ELEVENTH_RIB_MIN_MM and _shorter_seen_side(v) >= SAME_RIB_RATIO * upper
+
+
+def _shorter_seen_side(v: VertebraFound) -> float:
+    """The rib length of ``v`` to trust: the shorter side when both are seen.
+
+    A rib's measurement may run on into the rib above (thick slices, through the
+    transverse process), which makes that side longer, never shorter.
+    """
+    return min(v.rib_left_mm, v.rib_right_mm) or v.rib_mm
 
 
 def _read_junction(vs: tuple[VertebraFound, ...], t12: int | None, sacrum: int) -> str | None:
