@@ -543,3 +543,41 @@ def test_a_twelfth_rib_measured_into_the_eleventh_is_read_by_its_shorter_side():
     # The same stub below an eleventh-rib pair is a hypoplastic twelfth rib.
     r = reading({**cage, 2: (30.0, 119.0)})
     assert (r.t12, r.thoracolumbar) == (2, "t12_rib_hypoplasia")
+
+
+def test_a_thin_disc_dips_less_in_the_body_profile_than_normal_discs():
+    """A rudimentary 3 mm disc, blurred by 5 mm slices, dips much less than 10 mm discs:
+    its trough depth (not its measured height) is the sign of a transitional level."""
+    from l3node.analysis.spine_column import find_discs
+
+    dz = 1.5
+    z = np.arange(0.0, 200.0, dz)
+    signal = np.full_like(z, 300.0)
+    for top, height in ((40.0, 10.0), (75.0, 10.0), (110.0, 10.0), (145.0, 3.0)):
+        signal[(z >= top) & (z < top + height)] = 100.0
+    blurred = ndi.gaussian_filter1d(signal, 5.0 / 2.355 / dz)  # 5 mm slice profile (FWHM)
+    discs = find_discs(blurred, dz, 0, len(z) - 1)
+    assert len(discs) == 4
+    depths = [d[3] for d in discs]
+    assert depths[3] < 0.5 * float(np.median(depths[:3]))
+    assert min(depths[:3]) > 0.9 * max(depths[:3])
+
+
+@pytest.mark.parametrize("junction_depth,expected", [(60.0, "thin_disc"), (140.0, None)])
+def test_a_shallow_disc_above_the_sacrum_is_a_lumbosacral_sign(junction_depth, expected):
+    """Lumbarised S1 whose transverse processes look ordinary and whose thin disc was
+    measured as tall as the others (phantom lumbarization-50014): the shallow trough alone
+    names the transition; a junction disc as deep as the others names none."""
+    from dataclasses import replace
+
+    from l3node.analysis.locate_l3 import read_anatomy
+    from l3node.analysis.spine import SpineAnalysis
+
+    ribs = [250.0, 200.0, 90.0] + [0.0] * 7
+    vs = [_vertebra(400.0 - 33 * i, rib=r, disc_below_depth_hu=150.0 + 5 * i, tp_volume_cm3=3.0)
+          for i, r in enumerate(ribs)]
+    vs[-2] = replace(vs[-2], disc_below_depth_hu=junction_depth)  # the disc above the sacrum
+    vs[-1] = replace(vs[-1], sacral=True, disc_below_mm=0.0, disc_below_depth_hu=0.0)
+    reading = read_anatomy(SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 450.0)))
+    assert reading.mobile_lumbar == 6
+    assert reading.lumbosacral == expected

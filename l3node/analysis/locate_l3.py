@@ -65,8 +65,19 @@ MIN_COUNTED_HEIGHT_MM = 10.0
 """A vertebra counted between the anchor and L3 (lumbar, measured 18-30 mm) is never this short."""
 THIN_DISC_RATIO = 0.6
 """A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
-LARGE_TP_RATIO = 1.6
-"""Transverse processes this much larger than the other lumbar ones mark a transitional level."""
+SHALLOW_DISC_RATIO = 0.5
+"""A disc whose trough in the body signal is shallower than this fraction of the other lumbar
+discs' is a rudimentary disc, a sign of a transitional vertebra. The measured height of such
+a disc is no guide: partial volume with the tilted endplates widens a thin trough. Phantom
+seeds 50000-50029 (trough depth ratio of the disc above the sacrum): normal, 4 and 6 lumbar
+0.59-1.42; lumbarised S1 0.30-0.76 and sacralised L5 0.10-0.74 where that disc is seen. The
+ranges overlap, so this sign only names what is clearly shallower than any normal junction."""
+LARGE_TP_RATIO = 1.4
+"""Transverse processes this much larger than the other lumbar ones mark a transitional level
+(bone volume beside the arch; phantom seeds 50000-50039: normal, 4 and 6 lumbar <= 1.21 but
+one misread spine, lumbarised S1 / sacralised L5 1.4-4.7 but for 3 %)."""
+LARGE_TP_MIN_CM3 = 1.0
+"""... and at least this much larger in volume (a ratio of small volumes is noise)."""
 LONG_SACRUM_RATIO = 4.8
 """A fused sacrum longer than this many lumbar body heights has taken in L5 (sacralisation);
 phantom seeds 2000-2009 measure normal <= 4.3, four-lumbar up to 4.55, sacralised >= 5.2."""
@@ -219,8 +230,12 @@ def _read_junction(vs: tuple[VertebraFound, ...], t12: int | None, sacrum: int) 
     discs = [v.disc_below_mm for v in others if v.disc_below_mm > 0]
     if discs and last.disc_below_mm < THIN_DISC_RATIO * float(np.median(discs)):
         return "thin_disc"
+    depths = [v.disc_below_depth_hu for v in others if v.disc_below_depth_hu > 0]
+    if depths and 0 < last.disc_below_depth_hu < SHALLOW_DISC_RATIO * float(np.median(depths)):
+        return "thin_disc"
     tps = [v.tp_volume_cm3 for v in others]
-    if tps and last.tp_volume_cm3 > LARGE_TP_RATIO * float(np.median(tps)) + 0.5:
+    tp_norm = float(np.median(tps)) if tps else 0.0
+    if tps and last.tp_volume_cm3 > max(LARGE_TP_RATIO * tp_norm, tp_norm + LARGE_TP_MIN_CM3):
         return "large_transverse_processes"
     return None
 

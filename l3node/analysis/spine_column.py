@@ -36,6 +36,7 @@ class VertebraFound:
     rib_left_mm: float = 0.0
     rib_right_mm: float = 0.0
     sacral: bool = False  # the fused sacrum (below the last disc, long, between the ilia)
+    disc_below_depth_hu: float = 0.0  # how far the body signal dips in the disc under it (0 = none)
 
     @property
     def height_mm(self) -> float:
@@ -126,10 +127,12 @@ def _crossing(profile: np.ndarray, start: int, stop: int, level: float) -> float
     return float(prev)
 
 
-def find_discs(profile: np.ndarray, dz: float, k_lo: int, k_hi: int) -> list[tuple[float, float, float]]:
-    """Disc troughs in ``profile[k_lo:k_hi+1]`` as (k_centre, k_lower_edge, k_upper_edge).
+def find_discs(profile: np.ndarray, dz: float, k_lo: int, k_hi: int) -> list[tuple[float, float, float, float]]:
+    """Disc troughs in ``profile[k_lo:k_hi+1]`` as (k_centre, k_lower_edge, k_upper_edge, depth).
 
-    A trough counts when it lies clearly below the body signal within 12 mm on both sides;
+    ``depth`` is how far the trough lies below the lower of its two neighbouring body peaks
+    (HU): a thin, rudimentary disc (transitional vertebra) dips much less than the others,
+    its partial volume with the endplates filling it in. A trough counts when it lies clearly below the body signal within 12 mm on both sides;
     troughs closer than 16 mm keep the deeper one (vertebral bodies are 18-40 mm high).
     """
     p = ndi.gaussian_filter1d(np.nan_to_num(profile, nan=np.nanmin(profile)), max(0.6, 1.5 / dz))
@@ -153,7 +156,7 @@ def find_discs(profile: np.ndarray, dz: float, k_lo: int, k_hi: int) -> list[tup
     for depth, k, lo_peak, hi_peak in sorted(chosen, key=lambda c: c[1]):
         upper = _crossing(p, k, k + reach, (p[k] + hi_peak) / 2)
         lower = _crossing(p, k, k - reach, (p[k] + lo_peak) / 2)
-        discs.append((float(k), lower, upper))
+        discs.append((float(k), lower, upper, float(depth)))
     return discs
 
 
@@ -247,22 +250,25 @@ def _segments(grid: WorkingGrid, track: CanalTrack, profile: BodyProfile,
     disc_level = float(np.median([signal[int(d[0])] for d in discs])) if discs else 0.0
     half = (body_level + disc_level) / 2
 
-    def make(i_lo: float, i_hi: float, disc_mm: float, inf_seen: bool, sup_seen: bool) -> VertebraFound:
+    def make(i_lo: float, i_hi: float, disc_mm: float, inf_seen: bool, sup_seen: bool,
+             disc_depth: float = 0.0) -> VertebraFound:
         mid = (i_lo + i_hi) / 2
         zc = _at(profile, mid, z)
         k = int(np.clip(round((zc - grid.origin_mm[2]) / grid.spacing_mm[0]), 0, len(track.row) - 1))
         return VertebraFound(_at(profile, i_lo, z), _at(profile, i_hi, z), disc_mm, _at(profile, mid, profile.row),
-                             _at(profile, mid, profile.col), float(track.row[k]), inf_seen, sup_seen)
+                             _at(profile, mid, profile.col), float(track.row[k]), inf_seen, sup_seen,
+                             disc_below_depth_hu=disc_depth)
 
     found: list[VertebraFound] = []
     edges = [(d[1], d[2]) for d in discs]  # (lower edge, upper edge) sample indices, inferior first
-    for (lo_a, up_a), (lo_b, _) in zip(edges, edges[1:]):
-        found.append(make(up_a, lo_b, _at(profile, up_a, z) - _at(profile, lo_a, z), True, True))
+    for (lo_a, up_a), (lo_b, _), disc in zip(edges, edges[1:], discs):
+        found.append(make(up_a, lo_b, _at(profile, up_a, z) - _at(profile, lo_a, z), True, True, disc[3]))
     sacrum_length = None
     if edges:
         top_lo, top_up = edges[-1]
         if (n - 1 - top_up) * profile.step_mm >= 10:
-            found.append(make(top_up, n - 1, _at(profile, top_up, z) - _at(profile, top_lo, z), True, False))
+            found.append(make(top_up, n - 1, _at(profile, top_up, z) - _at(profile, top_lo, z), True, False,
+                              discs[-1][3]))
         bottom = edges[0][0]
         # Follow the bone below the lowest disc while the body signal stays high.
         i = int(np.floor(bottom))

@@ -129,7 +129,7 @@ def merge_sacrum(grid: WorkingGrid, bone: np.ndarray, vs: list[VertebraFound], l
     run = vs[i:end]  # trailing pieces are dropped: pelvis or lower sacrum, never a vertebra
     top, bottom = run[0], run[-1]
     merged = VertebraFound(**{**top.__dict__, "z_inferior_mm": bottom.z_inferior_mm, "disc_below_mm": 0.0,
-                              "inferior_seen": bottom.inferior_seen, "sacral": True})
+                              "disc_below_depth_hu": 0.0, "inferior_seen": bottom.inferior_seen, "sacral": True})
     if bottom.inferior_seen:
         length = merged.z_superior_mm - merged.z_inferior_mm if length is None or len(run) > 1 else length
     else:
