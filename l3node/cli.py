@@ -181,6 +181,9 @@ def _phantom(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from l3node.logs import configure
+
+    configure(json=False, level="INFO")  # one progress line per case on stderr: runs last up to an hour
     if args.what == "l3":
         from l3node.train.evaluate_l3 import main_evaluate_l3
 

@@ -192,7 +192,8 @@ def evaluate_cases(cases: Iterable[str], config: AnalysisConfig | None = None) -
         If a reference folder lacks a file.
     """
     results: list[SliceResult] = []
-    for spec in cases:
+    for n, spec in enumerate(cases, 1):
+        log.info("seg_case_started", case=spec, n=n)
         if spec.startswith("phantom:"):
             parts = spec.split(":")
             if len(parts) != 3 or not parts[2].isdigit():
@@ -341,8 +342,8 @@ def _bland_altman(results: list[SliceResult], name: str, path: Path) -> Path:
         bias = float(diff.mean())
         spread = 1.96 * float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
         ax.axhline(bias, color="k", label=f"bias {bias:+.2f} cm²")
-        for limit in (bias - spread, bias + spread):
-            ax.axhline(limit, color="k", linestyle="--")
+        for limit, side in ((bias + spread, "upper"), (bias - spread, "lower")):
+            ax.axhline(limit, color="k", linestyle="--", label=f"{side} 95 % limit {limit:+.2f} cm²")
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("mean of reference and prediction (cm²)")
     ax.set_ylabel("prediction − reference (cm²)")
