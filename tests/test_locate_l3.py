@@ -581,3 +581,15 @@ def test_a_shallow_disc_above_the_sacrum_is_a_lumbosacral_sign(junction_depth, e
     reading = read_anatomy(SpineAnalysis(tuple(vs), (), None, None, None, (0.0, 450.0)))
     assert reading.mobile_lumbar == 6
     assert reading.lumbosacral == expected
+
+
+@pytest.mark.parametrize("variant,seed", [("normal", 50183), ("normal", 50090)])
+def test_sacrum_found_when_noise_or_old_bone_breaks_the_line_to_the_alae(variant, seed):
+    """1.5 mm sharp (50183) and 3 mm smooth osteoporotic (50090) scans: single voxels under
+    100 HU between the sacral body and its alae hid the sacrum, so the class was "unknown".
+    Below the iliac crests a one-voxel gap is bridged."""
+    p = phantom.make_phantom(variant, seed, matrix=256)
+    result = locate_l3(p.volume, RIBS)
+    assert result.sacrum_count_z_mm is not None, result.notes
+    assert result.variant is Variant.NORMAL, (result.method, result.notes)
+    assert abs(result.z_mm - p.ground_truth["l3_inferior_endplate_z_mm"]) < 10.0

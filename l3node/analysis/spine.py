@@ -97,7 +97,7 @@ def analyse_spine(volume: Volume) -> SpineAnalysis:
     widths = np.array([float(np.median(widths[max(0, i - 1) : i + 2])) for i in range(len(widths))])
     out = [VertebraFound(**{**v.__dict__, "half_width_mm": float(w)}) for v, w in zip(vertebrae, widths)]
     out = [VertebraFound(**{**v.__dict__, "tp_volume_cm3": _tp_volume_cm3(grid, bone, v)}) for v in out]
-    out, sacrum_length = merge_sacrum(grid, bone, out, sacrum_length, bool(iliac), notes)
+    out, sacrum_length = merge_sacrum(grid, bone, out, sacrum_length, bool(iliac), notes, crest)
     measured, ribs = find_ribs(grid, out, crest)
     above = [v for v in measured if not v.sacral and v.height_mm >= 8 and crest is not None
              and v.z_inferior_mm >= crest]

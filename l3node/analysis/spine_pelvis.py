@@ -19,15 +19,21 @@ ILIAC_CORTEX_HU = 365.0
 ALA_REACH_MM = 20.0
 """How far below the top of a segment the alae are looked for: they flank the top of the
 sacrum only, and its lower part (or what a lost canal track merged into it) has none."""
+ALA_GAP_VOXELS = 1
+"""Below the iliac crests, a gap this wide in the bone between body and ala is bridged: old
+cancellous bone (80-140 HU) with noise, or a foramen, breaks the line there, while bowel
+contrast next to a lumbar body is never below the crests (phantom seeds 50014, 50090, 50115,
+50183: sacrum missed on 1.5-3 mm scans, class then unknown)."""
 
 
-def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound) -> float:
+def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound, bridge: int = 0) -> float:
     """Fraction of the segment's slices with bone well lateral to the body *at body depth*.
 
     That is where the sacral alae are; beside a lumbar body lies only psoas (transverse
     processes sit further back, at canal depth; rib heads stay within ~10 mm of the body).
-    The ala must be *continuous* with the body (bone-like all the way out, :data:`ALA_HU`):
-    bowel with oral contrast (~280 HU) lies beside lumbar bodies too, behind the psoas.
+    The ala must be *continuous* with the body (bone-like all the way out, :data:`ALA_HU`,
+    across gaps of at most ``bridge`` voxels): bowel with oral contrast (~280 HU) lies beside
+    lumbar bodies too, behind the psoas.
     """
     # The alae flank the top of the sacrum (S1-S2); a long segment (the sacrum under a
     # lumbarized S1, or merged with its lower, narrow part) is judged by its top.
@@ -40,6 +46,8 @@ def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound) -> floa
     lateral = (np.arange(grid.hu.shape[2]) - v.col) * dc
     c = int(np.clip(round(v.col), 0, grid.hu.shape[2] - 1))
     bony = grid.hu[k0 : k1 + 1, r0:r1] >= ALA_HU
+    if bridge:
+        bony |= ndi.binary_closing(bony, structure=np.ones((1, 1, bridge + 2), bool))
     reach_cols = int(np.ceil((v.half_width_mm + 12) / dc))
     hits = []
     for sign in (-1, 1):
@@ -106,14 +114,21 @@ def find_iliac_bones(grid: WorkingGrid, bone: np.ndarray, track: CanalTrack,
 
 
 def merge_sacrum(grid: WorkingGrid, bone: np.ndarray, vs: list[VertebraFound], length: float | None,
-                  pelvis_seen: bool, notes: list[str]) -> tuple[list[VertebraFound], float | None]:
+                 pelvis_seen: bool, notes: list[str],
+                 crest_z_mm: float | None = None) -> tuple[list[VertebraFound], float | None]:
     """The sacrum: the lowest segments that carry alae, merged into one (top = S1's endplate).
 
     Sacral remnant discs can cut the fused sacrum into pieces; they are one bone here.
+    Segments wholly below the iliac crests (``crest_z_mm``) get :data:`ALA_GAP_VOXELS` of
+    slack in the line from body to ala.
     """
-    # Own (unsmoothed) width: the sacrum narrows fast and must not borrow lumbar widths.
-    sacral = [v.sacral or _ala_fraction(grid, bone, VertebraFound(**{
-        **v.__dict__, "half_width_mm": min(v.half_width_mm, _half_width_mm(grid, v))})) >= 0.4 for v in vs]
+    def has_alae(v: VertebraFound) -> bool:
+        # Own (unsmoothed) width: the sacrum narrows fast and must not borrow lumbar widths.
+        own = VertebraFound(**{**v.__dict__, "half_width_mm": min(v.half_width_mm, _half_width_mm(grid, v))})
+        below_crest = crest_z_mm is not None and v.z_superior_mm < crest_z_mm
+        return _ala_fraction(grid, bone, own, ALA_GAP_VOXELS if below_crest else 0) >= 0.4
+
+    sacral = [v.sacral or has_alae(v) for v in vs]
     # Below the sacrum no mobile vertebra exists: trailing segments without a body where they
     # were sampled (half width at the floor: the canal track lost in the pelvis) belong to it.
     end = len(vs)
