@@ -18,7 +18,8 @@ from l3node.config import AnalysisConfig
 
 __all__ = [
     "BONE", "FAT", "GAS", "MUSCLE", "ORGAN", "OTHER", "PARASPINAL_HALF_WIDTH_MM",
-    "PolarGrid", "WallRays", "classify", "fascia_radii", "smooth_radii", "walk_walls", "wall_thickness",
+    "PolarGrid", "WallRays", "classify", "fascia_radii", "per_ray_mean", "smooth_radii", "walk_walls",
+    "wall_thickness",
 ]
 
 SEPTUM_MM = 2.5
@@ -242,6 +243,35 @@ def _run_until(cls: np.ndarray, start: int, keep: set[int], allowed_gap: int, ga
                 break
         k -= 1
     return min(last, len(cls) - 1)
+
+
+def per_ray_mean(grid: PolarGrid, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over the ``mask`` pixels of each ray's angular bin, over ``SMOOTH_DEG``.
+
+    Parameters
+    ----------
+    grid:
+        Rays around the body centre.
+    values:
+        Per-pixel values.
+    mask:
+        Pixels that count.
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per ray; rays with no pixel within the window take their neighbours' by
+        circular interpolation (``nan`` everywhere when ``mask`` is empty).
+    """
+    n = len(grid.angles)
+    bins = np.rint(grid.theta[mask] / grid.step_deg).astype(np.intp) % n
+    window = max(3, int(round(SMOOTH_DEG / grid.step_deg)) | 1)
+    count = ndi.uniform_filter1d(np.bincount(bins, minlength=n).astype(float), window, mode="wrap")
+    total = ndi.uniform_filter1d(np.bincount(bins, weights=values[mask], minlength=n), window, mode="wrap")
+    known = count > 0
+    if not known.any():
+        return np.full(n, np.nan)
+    return _fill_circular(np.where(known, total / np.maximum(count, 1e-9), 0.0), known)
 
 
 def smooth_radii(radii: np.ndarray, step_deg: float, tolerance_mm: float = 6.0) -> np.ndarray:

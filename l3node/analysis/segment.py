@@ -29,7 +29,10 @@ lives in the module named. The steps of :func:`segment_slice`:
 5. Muscle wall (:func:`~l3node.analysis.body_wall.walk_walls`,
    :func:`~l3node.analysis.body_wall.wall_thickness`) -- continuing inward from the
    fascia, the wall lasts while pixels are muscle-range (thin fat planes crossed)
-   and ends at fat, gas, bone or organ. Rays much thicker than their neighbours'
+   and ends at fat, gas, bone or organ, or at a body of fluid (bowel content, at least
+   ``2 * FLUID_BODY_MM`` wide) darker than the muscle just inside the fascia on its own
+   ray by ``WALL_FLUID_DELTA_HU`` (a loop pressed on the wall over a wide arc thickens
+   every ray there alike). Rays much thicker than their neighbours'
    typical wall, or than a wall can be, met an organ or bowel and take the
    neighbours' thickness -- except backward rays behind the spine (back muscles).
 6. Psoas, quadratus lumborum, crura
@@ -42,7 +45,8 @@ lives in the module named. The steps of :func:`segment_slice`:
    boundary, touching wall muscle, are muscle: ray samples place both boundaries
    only to within a pixel, which at 3 mm is a third of a thin wall.
    Muscle-range pixels of the vertebra's dense rim (``SpinePlane.rim``: muscle
-   blurred by the cortex) touching muscle are muscle too.
+   blurred by the cortex), and those up to ``CORTEX_BLUR_MM`` inside the vertebra's
+   mask near its cortex, touching muscle are muscle too.
 8. Labels: muscle-range pixels of the wall and those components are skeletal
    muscle, except within ``BOWEL_WALL_MM`` of bowel gas (the bowel wall);
    fat-range pixels between muscle pixels or in small pockets enclosed
@@ -71,6 +75,7 @@ from l3node.analysis.body_wall import (
     PolarGrid,
     classify,
     fascia_radii,
+    per_ray_mean,
     smooth_radii,
     walk_walls,
     wall_thickness,
@@ -80,13 +85,16 @@ from l3node.analysis.compartments import (
     FASCIA_BAND_MM,
     GAS_HU,
     GAS_MARGIN_MM,
+    WALL_FLUID_DELTA_HU,
+    fluid_bodies,
     imat_compartment,
     muscle_compartments,
     muscle_reference_hu,
     organs_and_fluid,
     paraspinal_pockets,
+    soft_tissue_hu,
 )
-from l3node.analysis.slice_vertebra import BONE_HU, around_spine, find_vertebra
+from l3node.analysis.slice_vertebra import BONE_HU, CORTEX_BLUR_MM, around_spine, find_vertebra
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume
 from l3node.config import AnalysisConfig
@@ -156,6 +164,14 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
         # is not collected as psoas.
         stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine, muscle_ref, (dy, dx))
         classes[(classes == MUSCLE) & stops_wall] = ORGAN
+        # Bowel content pressed on the wall over a wide arc thickens every ray there alike,
+        # so the neighbours' thickness is no check; a body of fluid darker than the outer
+        # wall on its own ray stops the walk (a fatty, fat-planed wall is dark all through).
+        soft = soft_tissue_hu(hu, muscle_hu & inside, (dy, dx))
+        outer = inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM) & (classes == MUSCLE)
+        outer_hu = geometry.at_angle(per_ray_mean(geometry, soft, outer))
+        dark = fluid_bodies(hu, not_muscle & ~stops_wall, (dy, dx)) & (soft < outer_hu - WALL_FLUID_DELTA_HU)
+        classes[(classes == MUSCLE) & dark] = ORGAN
     rays = walk_walls(classes, fascia_r, geometry)
 
     wall_t = wall_thickness(rays, fascia_r, spine, geometry)
@@ -173,10 +189,23 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     inner_edge &= (classes != ORGAN) & ~not_muscle & (~spine.bone if spine is not None else True)
     muscle |= muscle_hu & wall_muscle & (outer_edge | inner_edge)
     if spine is not None and spine.rim is not None:
-        # Muscle against the vertebra is blurred by the cortex; its edge pixels are
-        # in the vertebra's dense rim (not used to find components: a kidney
-        # touching a crus would join through them).
-        muscle |= muscle_hu & spine.rim & ndi.binary_dilation(muscle)
+        # Muscle against the vertebra is blurred by the cortex: its edge pixels are in the
+        # vertebra's dense rim, or (sharp kernels, fine pixels) inside the vertebra's mask
+        # up to CORTEX_BLUR_MM deep, near cortex bright on the denoised slice (not the
+        # disc's edge). Those in the muscle range are taken back from the muscle they
+        # touch, one pixel at a time (not used to find components: a kidney touching a
+        # crus would join through them).
+        rr, cc = np.nonzero(spine.bone)
+        margin = int(np.ceil(CORTEX_BLUR_MM / min(dy, dx))) + 3
+        box = (slice(max(0, rr.min() - margin), rr.max() + margin + 1), slice(max(0, cc.min() - margin), cc.max() + margin + 1))
+        bone = spine.bone[box]
+        near_cortex = ndi.distance_transform_edt(ghu[box] < BONE_HU, sampling=(dy, dx)) <= CORTEX_BLUR_MM + max(dy, dx)
+        mask_edge = bone & (ndi.distance_transform_edt(bone, sampling=(dy, dx)) <= CORTEX_BLUR_MM)
+        blurred = muscle_hu[box] & (spine.rim[box] | mask_edge) & near_cortex
+        grown = muscle[box]
+        for _ in range(max(1, int(np.ceil(CORTEX_BLUR_MM / min(dy, dx))))):
+            grown = grown | (blurred & ndi.binary_dilation(grown))
+        muscle[box] = grown
     gas = (hu < GAS_HU) & inside
     gas_mm = ndi.distance_transform_edt(~gas, sampling=(dy, dx))
     # Between bowel gas and any muscle lies the bowel wall: soft tissue this close to
