@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from l3node.analysis.body import NOISE_TARGET_HU, geometry_hu, noise_sd_hu
+from l3node.analysis.bowel_loops import loop_parts
 from l3node.analysis.compartments import back_muscle_hu, muscle_compartments, organs_and_fluid, smoothed_hu
 from l3node.analysis.segment import body_mask, segment_at_l3, segment_slice
 from l3node.analysis.slice_vertebra import find_vertebra
@@ -622,3 +624,72 @@ def test_muscle_blurred_deep_into_the_vertebra_mask_on_fine_pixels_is_muscle():
     labels = segment_slice(blurred, (0.75, 0.75))
     assert (labels[against] == Tissue.SKELETAL_MUSCLE).mean() > 0.8
     assert not labels[vertebra & (blurred > 150.0)].any(), "bone labelled"
+
+
+def _loop_beside_the_vertebra(muscle_hu_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A psoas of ``muscle_hu_value`` left of a vertebra, and on its right a bowel loop touching
+    it: a 3 mm wall of 40 HU around content of 15 HU (1.5 mm pixels, noise-free)."""
+    shape = (200, 240)
+    hu = np.full(shape, -100.0)
+    vertebra = _ellipse(shape, (110, 120), (14, 17))
+    hu[vertebra] = 400.0
+    psoas = _ellipse(shape, (112, 90), (14, 12)) & ~vertebra
+    hu[psoas] = muscle_hu_value
+    loop = _ellipse(shape, (110, 149), (12, 12)) & ~vertebra
+    hu[loop] = 40.0
+    hu[_ellipse(shape, (110, 149), (10, 10)) & ~vertebra] = 15.0
+    return hu, psoas, loop
+
+
+def test_bowel_loop_whose_content_is_darker_than_its_wall_is_not_psoas():
+    """Pressed on the vertebra where the psoas lies, a loop whose mean HU is that of a
+    fat-infiltrated psoas was kept (phantom sharp seed 104: +11 cm^2); its core is darker
+    than its rim and than the patient's muscle. The psoas, whose rim is not brighter than its
+    core, stays."""
+    hu, psoas, loop = _loop_beside_the_vertebra(25.0)
+    muscle_hu = (hu >= -29) & (hu <= 150)
+    spine = find_vertebra(hu, hu >= 150, (1.5, 1.5))
+    assert spine is not None
+    none = np.zeros(hu.shape, bool)
+    is_loop = partial(loop_parts, hu=hu, soft=muscle_hu, muscle_ref_hu=25.0, pixel_mm=(1.5, 1.5))
+    muscle = muscle_compartments(muscle_hu, none, spine, none, (1.5, 1.5), is_loop)
+    assert muscle[loop].mean() < 0.05, muscle[loop].mean()
+    assert muscle[psoas].mean() > 0.95, muscle[psoas].mean()
+    # Without the loop test the same loop is collected as psoas (the old behaviour).
+    assert muscle_compartments(muscle_hu, none, spine, none, (1.5, 1.5))[loop].mean() > 0.9
+
+
+def test_loop_parts_keeps_muscle_with_a_dark_rim_and_loops_of_muscle_content():
+    hu, psoas, loop = _loop_beside_the_vertebra(25.0)
+    parts, n = ndi.label(psoas | loop)
+    muscle_hu = (hu >= -29) & (hu <= 150)
+    flags = loop_parts(parts, n, hu, muscle_hu, 25.0, (1.5, 1.5))
+    assert flags[parts[loop][0]] and not flags[parts[psoas][0]] and not flags[0]
+    # Content as bright as the patient's muscle is not content darker than muscle.
+    assert not loop_parts(parts, n, hu, muscle_hu, 20.0, (1.5, 1.5)).any()
+    # A muscle whose rim is darkened by fat (partial volume) is not a loop.
+    hu[psoas & ~ndi.binary_erosion(psoas, iterations=2)] = 5.0
+    assert not loop_parts(parts, n, hu, muscle_hu, 25.0, (1.5, 1.5))[parts[psoas][0]]
+    with pytest.raises(ValueError, match="differ"):
+        loop_parts(parts, n, hu[:10], muscle_hu, 25.0, (1.5, 1.5))
+
+
+def test_vertebral_body_front_is_not_the_enhanced_vessels_pressed_on_it():
+    """An enhanced aorta (left) and IVC (right), both above the bone threshold, pressed on
+    the front of the vertebral body join its mask; side by side they are as wide as the body,
+    and its front was placed at theirs, 17 mm too far forward in most contrast-enhanced
+    phantoms. Neither crosses the midline, so the body's front stays at the bone's."""
+    shape = (200, 240)
+    hu = np.full(shape, -100.0)
+    body = _ellipse(shape, (110, 120), (14, 17))
+    hu[body] = 400.0
+    hu[_ellipse(shape, (150, 120), (12, 5))] = 400.0  # arch and spinous process behind
+    hu[_ellipse(shape, (126, 120), (4, 4))] = 10.0  # canal
+    aorta = _ellipse(shape, (89, 131), (8, 8)) & ~body
+    ivc = _ellipse(shape, (90, 108), (7, 9)) & ~body
+    hu[aorta | ivc] = 170.0
+    spine = find_vertebra(hu, hu >= 150, (1.5, 1.5))
+    assert spine is not None
+    assert spine.bone[aorta].mean() > 0.9 and spine.bone[ivc].mean() > 0.9, "vessels not in the vertebra's mask"
+    body_front = np.nonzero(body.any(axis=1))[0].min()
+    assert abs(spine.front_row - body_front) <= 3, (spine.front_row, body_front)

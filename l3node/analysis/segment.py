@@ -41,6 +41,9 @@ lives in the module named. The steps of :func:`segment_slice`:
    components beside and behind the vertebral body that touch the vertebra, or
    the wall behind the vertebra's middle; split first where they narrow to a neck
    or bulge into two summits of their distance map (a bowel loop pressed on the psoas).
+   A part whose deep core is darker than its own rim and than the back muscles is a
+   bowel loop (content inside a wall), not muscle
+   (:func:`~l3node.analysis.bowel_loops.loop_parts`).
 7. Wall edges -- muscle-range pixels straddling the fascia or the wall's inner
    boundary, touching wall muscle, are muscle: ray samples place both boundaries
    only to within a pixel, which at 3 mm is a third of a thin wall.
@@ -50,9 +53,9 @@ lives in the module named. The steps of :func:`segment_slice`:
 8. Labels: muscle-range pixels of the wall and those components are skeletal
    muscle, except within ``BOWEL_WALL_MM`` of bowel gas (the bowel wall);
    fat-range pixels between muscle pixels or in small pockets enclosed
-   by muscle are IMAT (:func:`~l3node.analysis.compartments.imat_compartment`), except
+   by muscle are IMAT (:func:`~l3node.analysis.fat_pockets.imat_compartment`), except
    pockets closed by muscle (and the vertebra) near the vertebra, which lie around the
-   spine (:func:`~l3node.analysis.compartments.paraspinal_pockets`); other
+   spine (:func:`~l3node.analysis.fat_pockets.paraspinal_pockets`); other
    fat-range pixels inside the fascia are VAT if fat on the smoothed image too (noise
    in bowel content is not), except in and right behind the
    vertebra, in those pockets and within ``GAS_MARGIN_MM`` of bowel gas (partial volume, stool);
@@ -64,6 +67,8 @@ sizes are in mm so the same rules hold from 0.6 mm to 3 mm pixels.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -80,20 +85,21 @@ from l3node.analysis.body_wall import (
     walk_walls,
     wall_thickness,
 )
+from l3node.analysis.bowel_loops import loop_parts
 from l3node.analysis.compartments import (
     BOWEL_WALL_MM,
     FASCIA_BAND_MM,
     GAS_HU,
     GAS_MARGIN_MM,
     WALL_FLUID_DELTA_HU,
+    back_muscle_hu,
     fluid_bodies,
-    imat_compartment,
     muscle_compartments,
     muscle_reference_hu,
     organs_and_fluid,
-    paraspinal_pockets,
     soft_tissue_hu,
 )
+from l3node.analysis.fat_pockets import imat_compartment, paraspinal_pockets
 from l3node.analysis.slice_vertebra import BONE_HU, CORTEX_BLUR_MM, around_spine, find_vertebra
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume
@@ -178,7 +184,14 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     wall = inside & (geometry.rho >= geometry.at_angle(fascia_r - wall_t))
 
     # Components are found on the smoothed muscle range; the labels keep the slice's HU.
-    muscle = muscle_compartments(muscle_geo & inside, wall, spine, not_muscle, (dy, dx)) & muscle_hu
+    # A bowel loop split off the psoas is content darker than its own wall and than the
+    # patient's muscle (the back muscles' soft-tissue mean: fat does not darken it).
+    is_loop = None
+    if spine is not None and muscle_ref is not None:
+        back_ref = back_muscle_hu(soft, muscle_hu & inside, spine, (dy, dx))
+        is_loop = partial(loop_parts, hu=hu, soft=muscle_hu & inside,
+                          muscle_ref_hu=back_ref if back_ref is not None else muscle_ref, pixel_mm=(dy, dx))
+    muscle = muscle_compartments(muscle_geo & inside, wall, spine, not_muscle, (dy, dx), is_loop) & muscle_hu
     depth = ndi.distance_transform_edt(body, sampling=(dy, dx))
     # Ray samples place fascia and inner wall boundary to within a pixel; the
     # muscle-range pixels straddling either, touching the wall muscle, are the

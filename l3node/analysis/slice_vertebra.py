@@ -136,7 +136,7 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     region |= _canal(region, pixel_mm)
     vr, vc = np.nonzero(region)
     centre = (float(np.median(vr)), float(np.median(vc)))
-    front = _body_front(region, centre[0])
+    front = _body_front(region, centre)
     half_width = float(np.percentile(np.abs(vc - centre[1]), 90))
     body_half_width = _body_half_width(region, front, centre)
     if body_half_width is None:
@@ -272,18 +272,27 @@ def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[flo
     return max(remaining, key=lambda i: sizes_mm2[i])
 
 
-def _body_front(region: np.ndarray, centre_row: float) -> float:
-    """Anterior edge of the vertebral body: the first row at least 60 % as wide as the body.
+def _body_front(region: np.ndarray, centre: tuple[float, float]) -> float:
+    """Anterior edge of the vertebral body: the first row whose run through the midline,
+    counted to the shorter side, is at least 60 % as wide as the body's.
 
-    A vessel pressed on the front of the body (aorta, IVC) is narrower and is skipped.
+    Vessels pressed on the front of the body (aorta on the left, IVC on the right, both
+    above the bone threshold once enhanced) join the region; side by side they are as
+    wide as the body, but neither crosses the midline symmetrically.
     """
-    widths = region.sum(axis=1)
-    rows = np.arange(len(widths))
-    anterior = rows <= centre_row
-    if not widths[anterior].any():
-        return float(np.nonzero(widths)[0].min())
-    wide = anterior & (widths >= 0.6 * widths[anterior].max())
-    return float(rows[wide].min())
+    mid = int(round(centre[1]))
+    widths = np.zeros(region.shape[0])
+    for row in np.nonzero(region[:, mid])[0]:
+        if row > centre[0]:
+            break
+        line = region[row]
+        left = int(np.argmin(line[mid::-1])) if not line[: mid + 1].all() else mid + 1
+        right = int(np.argmin(line[mid:])) if not line[mid:].all() else line.size - mid
+        widths[row] = 2 * min(left, right) - 1
+    if not widths.any():
+        rows = np.nonzero(region.any(axis=1))[0]
+        return float(rows.min())
+    return float(np.nonzero(widths >= 0.6 * widths.max())[0].min())
 
 
 def around_spine(spine: SpinePlane, inside: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
