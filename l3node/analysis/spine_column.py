@@ -132,8 +132,9 @@ def find_discs(profile: np.ndarray, dz: float, k_lo: int, k_hi: int) -> list[tup
 
     ``depth`` is how far the trough lies below the lower of its two neighbouring body peaks
     (HU): a thin, rudimentary disc (transitional vertebra) dips much less than the others,
-    its partial volume with the endplates filling it in. A trough counts when it lies clearly below the body signal within 12 mm on both sides;
-    troughs closer than 16 mm keep the deeper one (vertebral bodies are 18-40 mm high).
+    its partial volume with the endplates filling it in. A trough counts when it lies clearly
+    below the body signal within 12 mm on both sides; troughs closer than 16 mm keep the
+    deeper one (vertebral bodies are 18-40 mm high).
     """
     p = ndi.gaussian_filter1d(np.nan_to_num(profile, nan=np.nanmin(profile)), max(0.6, 1.5 / dz))
     reach = max(2, int(round(12 / dz)))

@@ -20,10 +20,11 @@ ALA_REACH_MM = 20.0
 """How far below the top of a segment the alae are looked for: they flank the top of the
 sacrum only, and its lower part (or what a lost canal track merged into it) has none."""
 ALA_GAP_VOXELS = 1
-"""Below the iliac crests, a gap this wide in the bone between body and ala is bridged: old
-cancellous bone (80-140 HU) with noise, or a foramen, breaks the line there, while bowel
-contrast next to a lumbar body is never below the crests (phantom seeds 50014, 50090, 50115,
-50183: sacrum missed on 1.5-3 mm scans, class then unknown)."""
+"""For a segment whose top lies below the iliac crests, a gap this wide in the bone between
+body and ala is bridged: old cancellous bone (80-140 HU) with noise, or a sacral foramen,
+breaks the line there (phantom seeds 50014, 50090, 50115, 50183: sacrum missed on 1.5-3 mm
+scans, class then "unknown"). Higher up no gap is allowed: bowel full of oral contrast beside
+a lumbar body, behind a thin psoas, would join through it (phantom seed 50097, L4)."""
 
 
 def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound, bridge: int = 0) -> float:
