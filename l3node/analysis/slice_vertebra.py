@@ -160,13 +160,22 @@ def _body_half_width(region: np.ndarray, front: float, centre: tuple[float, floa
         line = region[row]
         if not line[mid]:
             continue
-        left = int(np.argmin(line[mid::-1])) if not line[: mid + 1].all() else mid + 1
-        right = int(np.argmin(line[mid:])) if not line[mid:].all() else line.size - mid
-        side = min(left, right)
+        side = _symmetric_reach(line, mid)
         offsets.append(np.abs(np.arange(mid - side + 1, mid + side) - centre[1]))
     if not offsets:
         return None
     return float(np.percentile(np.concatenate(offsets), 95))
+
+
+def _symmetric_reach(line: np.ndarray, mid: int) -> int:
+    """Pixels from ``mid`` (counted) to the end of ``line``'s run through it, on the shorter side.
+
+    The vertebral body is symmetric about the midline; what touches it on one side only
+    (enhanced vessels, bowel full of oral contrast) lengthens one side of the run, not both.
+    """
+    left = int(np.argmin(line[mid::-1])) if not line[: mid + 1].all() else mid + 1
+    right = int(np.argmin(line[mid:])) if not line[mid:].all() else line.size - mid
+    return min(left, right)
 
 
 def _canal(region: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
@@ -285,10 +294,7 @@ def _body_front(region: np.ndarray, centre: tuple[float, float]) -> float:
     for row in np.nonzero(region[:, mid])[0]:
         if row > centre[0]:
             break
-        line = region[row]
-        left = int(np.argmin(line[mid::-1])) if not line[: mid + 1].all() else mid + 1
-        right = int(np.argmin(line[mid:])) if not line[mid:].all() else line.size - mid
-        widths[row] = 2 * min(left, right) - 1
+        widths[row] = 2 * _symmetric_reach(region[row], mid) - 1
     if not widths.any():
         rows = np.nonzero(region.any(axis=1))[0]
         return float(rows.min())
