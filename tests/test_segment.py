@@ -203,6 +203,46 @@ def test_contrast_bowel_larger_than_the_vertebra_is_not_the_vertebra(level):
     assert spine.bone[parts["front"]].mean() > 0.9, "disc or vertebral body missed"
 
 
+def test_disc_brightened_by_its_endplates_is_part_of_the_vertebra():
+    """A thick slice through a disc takes in its endplates: the disc reads 140 HU, not
+    bone, and apart from the arch behind it. At a 130 HU limit it was missed, the arch
+    alone was the vertebra, its front 40 mm too far back, and both psoas were lost
+    (phantom seed 32)."""
+    hu, parts = _spine_with_contrast_bowel("disc")
+    hu[parts["bowel"]] = 40.0
+    hu[parts["front"]] = 140.0
+    spine = find_vertebra(hu, hu >= 150.0, (1.5, 1.5))
+    assert spine is not None
+    assert spine.bone[parts["front"]].mean() > 0.9, "disc missed"
+    disc_front = np.nonzero(parts["front"].any(axis=1))[0].min()
+    assert abs(spine.front_row - disc_front) <= 3
+
+
+def test_bright_piece_in_front_of_a_bowel_loop_does_not_make_the_loop_an_arch():
+    """A loop with an enhanced wall far to the side, a small bright piece (vessel, bowel
+    wall) more than 30 mm in front of it: the loop is no neural arch, the vertebra is the
+    large piece in the middle (phantom seed 7: the loop was taken, both psoas lost)."""
+    shape = (200, 320)
+    hu = np.full(shape, -1000.0)
+    inside = _ellipse(shape, (100, 160), (95, 150))
+    hu[inside] = -100.0
+    body = _ellipse(shape, (120, 160), (15, 20))
+    hu[body] = 250.0
+    arch = np.zeros(shape, bool)
+    arch[140:146, 140:181] = True
+    arch[146:170, 157:164] = True
+    hu[arch] = 500.0
+    loop = _ellipse(shape, (110, 50), (12, 12))
+    hu[loop] = 250.0  # enhanced wall ...
+    hu[_ellipse(shape, (110, 50), (9, 9))] = 20.0  # ... around content
+    small = _ellipse(shape, (65, 50), (6, 6))  # 27 px (40 mm) in front of the loop
+    hu[small] = 300.0
+    spine = find_vertebra(hu, (hu >= 150.0) & inside, (1.5, 1.5))
+    assert spine is not None
+    assert spine.bone[body].mean() > 0.9, "vertebral body missed"
+    assert not spine.bone[loop].any(), "bowel loop taken for the vertebra"
+
+
 def test_muscle_blurred_against_the_vertebra_is_muscle():
     hu, truth = _drawn_slice()
     vertebra = _ellipse(hu.shape, (140, 150), (14, 17))

@@ -28,6 +28,11 @@ VERTEBRA_MIN_MM2 = 200.0
 ARCH_MIN_MM2 = 400.0
 """A bone piece wholly behind another, far from it and at least this large, is a neural arch:
 the piece in front of it is not the vertebra."""
+AIR_HU = -900.0
+"""At or below this a pixel is air: outside the fascia (set so by the caller) or bowel gas."""
+ARCH_MIDLINE_MM = 40.0
+"""... and centred within this of the middle of the abdomen (a bowel loop with an enhanced
+wall far to the side, behind a small bright piece, is no arch)."""
 DISC_GATHER_MM = 60.0
 """A disc blob is looked for this close to the vertebra's bone ..."""
 DISC_MIN_MM2 = 600.0
@@ -35,7 +40,13 @@ DISC_MIN_MM2 = 600.0
 DISC_OFFSET_MM = 12.0
 """... centred within this of the vertebra's midline (the aorta lies further out) ..."""
 DISC_MAX_HU = 130.0
-"""... and at most this bright once smoothed (enhanced vessels are brighter)."""
+"""... and at most this bright once smoothed (enhanced vessels are brighter) ..."""
+DISC_APART_MAX_HU = 200.0
+"""... or at most this bright if it lies apart from the vertebra's bone (epidural fat between):
+a thick slice through the disc takes in the endplates, 150-180 HU (phantoms; at 130 such
+discs were missed, the arch alone was taken for the vertebra and both psoas were lost, seed
+32). Touching the vertebral body, vessels and crura of that brightness are no disc (real CT:
+the front moved 21 mm forward)."""
 CANAL_CLOSING_MM = 8.0
 """Gaps in the neural arch narrower than about twice this are bridged to find the canal."""
 CANAL_HALF_WIDTH_MM = 8.0
@@ -98,7 +109,9 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     SpinePlane or None
         None when no bone piece is as large as a vertebra (2 cm^2).
     """
-    vertebra = _vertebra_bone(bone, pixel_mm)
+    # The middle of the abdomen: everything not set to air (outside the fascia).
+    midline_col = float(np.nonzero(hu > AIR_HU)[1].mean()) if (hu > AIR_HU).any() else hu.shape[1] / 2
+    vertebra = _vertebra_bone(bone, pixel_mm, midline_col)
     if vertebra is None:
         return None
     front_bone = np.nonzero(vertebra)[0].min()
@@ -117,16 +130,8 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     rim = region & ~vertebra & ~ndi.binary_erosion(region)
     # A slice through the disc may show it apart from the neural arch (epidural
     # fat between): a disc-sized blob of disc HU in line with the vertebra.
-    disc_like = (smooth > CANCELLOUS_HU) & (smooth <= DISC_MAX_HU) & (hu > DENSE_PIXEL_HU)
-    disc_like &= ndi.distance_transform_edt(~vertebra, sampling=pixel_mm) <= DISC_GATHER_MM
-    disc_labels, n_disc = ndi.label(disc_like)
-    if n_disc:
-        index = np.arange(1, n_disc + 1)
-        areas = np.bincount(disc_labels.ravel())[1:] * pixel_mm[0] * pixel_mm[1]
-        cols = ndi.mean(np.broadcast_to(np.arange(hu.shape[1]), hu.shape), disc_labels, index)
-        centred = np.abs(cols - np.nonzero(vertebra)[1].mean()) * pixel_mm[1] <= DISC_OFFSET_MM
-        keep = np.concatenate([[False], (areas >= DISC_MIN_MM2) & centred])
-        region |= keep[disc_labels]
+    region |= _disc_blobs(smooth, hu, vertebra, DISC_MAX_HU, pixel_mm, apart=False)
+    region |= _disc_blobs(smooth, hu, vertebra, DISC_APART_MAX_HU, pixel_mm, apart=True)
     # Cancellous bone inside a broken cortex, and the spinal canal, are what a
     # closing encloses; the closing's own bridges are not added (psoas lies in
     # the concavities it would fill).
@@ -143,6 +148,28 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
         body_half_width = half_width
     rim &= region & ~ndi.binary_erosion(region)
     return SpinePlane(region, centre, front, half_width, body_half_width, rim)
+
+
+def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, max_hu: float,
+                pixel_mm: tuple[float, float], apart: bool) -> np.ndarray:
+    """Disc-sized blobs of disc HU (smoothed up to ``max_hu``) in line with the vertebra.
+
+    With ``apart``, only blobs none of whose pixels touch the vertebra's bone.
+    """
+    distance = ndi.distance_transform_edt(~vertebra, sampling=pixel_mm)
+    disc_like = (smooth > CANCELLOUS_HU) & (smooth <= max_hu) & (hu > DENSE_PIXEL_HU) & (distance <= DISC_GATHER_MM)
+    if apart:
+        disc_like &= ~vertebra
+    labels, n = ndi.label(disc_like)
+    if n == 0:
+        return disc_like
+    index = np.arange(1, n + 1)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:] * pixel_mm[0] * pixel_mm[1]
+    cols = ndi.mean(np.broadcast_to(np.arange(hu.shape[1]), hu.shape), labels, index)
+    keep = (areas >= DISC_MIN_MM2) & (np.abs(cols - np.nonzero(vertebra)[1].mean()) * pixel_mm[1] <= DISC_OFFSET_MM)
+    if apart:
+        keep &= ndi.minimum(distance, labels, index) > 1.5 * max(pixel_mm)
+    return np.concatenate([[False], keep])[labels]
 
 
 def _body_half_width(region: np.ndarray, front: float, centre: tuple[float, float]) -> float | None:
@@ -217,7 +244,7 @@ def _gaps(line: np.ndarray, max_len: float) -> np.ndarray:
     return filled
 
 
-def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray | None:
+def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float], midline_col: float) -> np.ndarray | None:
     """Bone pixels of the vertebra: the main vertebral piece and the pieces beside or behind it.
 
     Body, pedicles and processes fall apart into pieces on a slice through an
@@ -232,7 +259,7 @@ def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarra
     sizes[0] = 0
     if sizes.max() < VERTEBRA_MIN_MM2:  # a rib, not a vertebra
         return None
-    best = _main_piece(labelled, sizes, pixel_mm)
+    best = _main_piece(labelled, sizes, pixel_mm, midline_col)
     near_best = ndi.distance_transform_edt(labelled != best, sampling=pixel_mm) <= VERTEBRA_GATHER_MM
     pieces = np.unique(labelled[near_best & (labelled > 0)])
     grid_rows, grid_cols = np.indices(bone.shape)
@@ -243,14 +270,15 @@ def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarra
     return np.isin(labelled, pieces)
 
 
-def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[float, float]) -> int:
+def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[float, float], midline_col: float) -> int:
     """Label of the vertebra's main bone piece: the largest one not in front of the spine.
 
     A piece is in front of the spine (bowel full of oral contrast) when the
     nearest piece of at least ``ARCH_MIN_MM2`` wholly behind it, overlapping its
     columns, is more than ``VERTEBRA_GATHER_MM`` away: that piece is a neural
     arch (on a slice through a disc it can be the only bone of the vertebra, and
-    contrast-filled bowel in front of the disc larger than it). An enhanced aorta
+    contrast-filled bowel in front of the disc larger than it) if it is centred
+    within ``ARCH_MIDLINE_MM`` of ``midline_col``. An enhanced aorta
     lies right in front of the vertebral body and is not affected. When some
     piece is in front, the main piece is the largest of the others centred
     within an arch's columns.
@@ -262,9 +290,11 @@ def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[flo
               for i in labels}
     in_front: set[int] = set()
     arches: set[int] = set()
+    centre_cols = dict(zip(labels, (c for _, c in ndi.center_of_mass(labelled > 0, labelled, labels))))
+    near_midline = [j for j in labels if abs(centre_cols[j] - midline_col) * pixel_mm[1] <= ARCH_MIDLINE_MM]
     for i in labels:
         _, bottom, left, right = extent[i]
-        behind = [j for j in labels if j != i and sizes_mm2[j] >= ARCH_MIN_MM2 and extent[j][0] > bottom
+        behind = [j for j in near_midline if j != i and sizes_mm2[j] >= ARCH_MIN_MM2 and extent[j][0] > bottom
                   and extent[j][2] <= right and extent[j][3] >= left]
         if behind:
             away = ndi.distance_transform_edt(labelled != i, sampling=pixel_mm)
@@ -275,8 +305,7 @@ def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[flo
                 arches.add(nearest)
     remaining = [i for i in labels if i not in in_front] or labels
     if arches:
-        centre_cols = dict(zip(labels, ndi.center_of_mass(labelled > 0, labelled, labels)))
-        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i][1] <= extent[a][3] for a in arches)]
+        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i] <= extent[a][3] for a in arches)]
         remaining = within or remaining
     return max(remaining, key=lambda i: sizes_mm2[i])
 
