@@ -380,6 +380,33 @@ def test_arm_lying_against_the_torso_is_cut_off():
     assert body_mask(belly, (pixel, pixel))[lobe].all()
 
 
+def test_arm_cut_by_the_field_of_view_is_cut_off():
+    """An arm pressed on the flank and cut by the image edge shows only a sliver of its
+    humerus (24 mm^2 here, 13 mm^2 on phantom seed 75): still an arm, not a fat roll.
+    Kept, it put the fascia on its far side and the flank's wall muscle was lost."""
+    pixel = 2.0
+    shape = (160, 236)  # the edge cuts the arm at column 235
+    hu = np.full(shape, -1000.0)
+    torso = _ellipse(shape, (80, 120), (55, 80))
+    hu[torso] = -100.0
+    hu[_ellipse(shape, (80, 120), (40, 62))] = 40.0
+    arm = _ellipse(shape, (85, 222), (24, 24))
+    hu[arm] = -100.0
+    arm_core = _ellipse(shape, (85, 222), (14, 14))
+    hu[arm_core] = 40.0
+    humerus = _ellipse(shape, (85, 238), (4, 4))  # mostly beyond the edge
+    hu[humerus] = 700.0
+    assert 3 <= humerus.sum() <= 12
+    contact = np.zeros(shape, bool)
+    contact[73:97, 190:205] = True
+    hu[contact & ~torso & ~arm] = -100.0
+    body = body_mask(hu, (pixel, pixel))
+    assert not body[arm_core].any(), "arm kept"
+    assert body[torso].all()
+    hu[humerus] = 40.0
+    assert body_mask(hu, (pixel, pixel))[arm_core].all(), "boneless flank roll at the edge dropped"
+
+
 def test_rejects_non_2d():
     with pytest.raises(ValueError, match="2D"):
         segment_slice(np.zeros((2, 4, 4)), (1.0, 1.0))
