@@ -407,6 +407,27 @@ def test_arm_cut_by_the_field_of_view_is_cut_off():
     assert body_mask(hu, (pixel, pixel))[arm_core].all(), "boneless flank roll at the edge dropped"
 
 
+def test_forearm_pressed_on_a_thin_flank_is_cut_off():
+    """A forearm (radius and ulna) pressed on the flank over a broad contact rises only
+    7.5 mm above its neck, under the 10 mm an arm without bone must rise; with its bones it
+    is an arm (phantom combined seed 1210: kept, its fat was counted as SAT, Dice 0.77)."""
+    pixel = 2.0
+    shape = (160, 280)
+    hu = np.full(shape, -1000.0)
+    torso = _ellipse(shape, (80, 120), (45, 90))
+    hu[torso] = -100.0
+    hu[_ellipse(shape, (80, 120), (32, 75))] = 40.0
+    arm = _ellipse(shape, (85, 216), (20, 20))
+    hu[arm & ~torso] = -100.0
+    hu[_ellipse(shape, (85, 216), (12, 12))] = 40.0
+    bones = _ellipse(shape, (85, 211), (3, 3)) | _ellipse(shape, (85, 221), (3, 3))
+    hu[bones] = 700.0
+    outer_arm = arm & ~torso
+    assert body_mask(hu, (pixel, pixel))[outer_arm].mean() < 0.3, "forearm kept"
+    hu[bones] = 40.0
+    assert body_mask(hu, (pixel, pixel))[outer_arm].all(), "boneless flank bulge dropped"
+
+
 def test_rejects_non_2d():
     with pytest.raises(ValueError, match="2D"):
         segment_slice(np.zeros((2, 4, 4)), (1.0, 1.0))
