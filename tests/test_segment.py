@@ -350,9 +350,9 @@ def test_bowel_content_slightly_darker_than_muscle_is_fluid():
     assert not not_muscle[ndi.binary_erosion(psoas, iterations=2)].any()
 
 
-def test_arm_lying_against_the_torso_is_cut_off():
-    pixel = 2.0
-    shape = (160, 260)
+def _arm_against_torso(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A torso and a boneless arm at column 222 pressed on it over 48 mm (2 mm pixels):
+    wider than any neck the opening cuts. Returns ``(hu, torso, arm_core)``."""
     hu = np.full(shape, -1000.0)
     torso = _ellipse(shape, (80, 120), (55, 80))
     hu[torso] = -100.0
@@ -361,11 +361,17 @@ def test_arm_lying_against_the_torso_is_cut_off():
     hu[arm] = -100.0
     arm_core = _ellipse(shape, (85, 222), (14, 14))
     hu[arm_core] = 40.0
-    hu[_ellipse(shape, (85, 222), (4, 4))] = 700.0  # humerus
-    # Pressed against the torso over 48 mm: wider than any neck the opening cuts.
     contact = np.zeros(shape, bool)
     contact[73:97, 190:205] = True
     hu[contact & ~torso & ~arm] = -100.0
+    return hu, torso, arm_core
+
+
+def test_arm_lying_against_the_torso_is_cut_off():
+    pixel = 2.0
+    shape = (160, 260)
+    hu, torso, arm_core = _arm_against_torso(shape)
+    hu[_ellipse(shape, (85, 222), (4, 4))] = 700.0  # humerus
     body = body_mask(hu, (pixel, pixel))
     assert not body[arm_core].any(), "arm kept"
     assert body[torso].all()
@@ -386,20 +392,10 @@ def test_arm_cut_by_the_field_of_view_is_cut_off():
     Kept, it put the fascia on its far side and the flank's wall muscle was lost."""
     pixel = 2.0
     shape = (160, 236)  # the edge cuts the arm at column 235
-    hu = np.full(shape, -1000.0)
-    torso = _ellipse(shape, (80, 120), (55, 80))
-    hu[torso] = -100.0
-    hu[_ellipse(shape, (80, 120), (40, 62))] = 40.0
-    arm = _ellipse(shape, (85, 222), (24, 24))
-    hu[arm] = -100.0
-    arm_core = _ellipse(shape, (85, 222), (14, 14))
-    hu[arm_core] = 40.0
+    hu, torso, arm_core = _arm_against_torso(shape)
     humerus = _ellipse(shape, (85, 238), (4, 4))  # mostly beyond the edge
     hu[humerus] = 700.0
     assert 3 <= humerus.sum() <= 12
-    contact = np.zeros(shape, bool)
-    contact[73:97, 190:205] = True
-    hu[contact & ~torso & ~arm] = -100.0
     body = body_mask(hu, (pixel, pixel))
     assert not body[arm_core].any(), "arm kept"
     assert body[torso].all()
