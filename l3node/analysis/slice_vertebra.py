@@ -25,11 +25,11 @@ VERTEBRA_GATHER_MM = 30.0
 """Bone pieces this close to the main one, and in line with it, belong to the same vertebra."""
 VERTEBRA_MIN_MM2 = 200.0
 """A bone piece smaller than this (2 cm^2) is a rib or a calcification, not a vertebra."""
-ARCH_MIN_MM2 = 400.0
-"""A bone piece wholly behind another, far from it and at least this large, is a neural arch:
-the piece in front of it is not the vertebra."""
 AIR_HU = -900.0
 """At or below this a pixel is air: outside the fascia (set so by the caller) or bowel gas."""
+ARCH_MIN_MM2 = 400.0
+"""A bone piece wholly behind another, far from it and at least this large, is a neural arch
+(the piece in front of it is not the vertebra) ..."""
 ARCH_MIDLINE_MM = 40.0
 """... and centred within this of the middle of the abdomen (a bowel loop with an enhanced
 wall far to the side, behind a small bright piece, is no arch)."""
@@ -157,7 +157,8 @@ def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, max_hu
     With ``apart``, only blobs none of whose pixels touch the vertebra's bone.
     """
     distance = ndi.distance_transform_edt(~vertebra, sampling=pixel_mm)
-    disc_like = (smooth > CANCELLOUS_HU) & (smooth <= max_hu) & (hu > DENSE_PIXEL_HU) & (distance <= DISC_GATHER_MM)
+    disc_like = (smooth > CANCELLOUS_HU) & (smooth <= max_hu) & (hu > DENSE_PIXEL_HU)
+    disc_like &= distance <= DISC_GATHER_MM
     if apart:
         disc_like &= ~vertebra
     labels, n = ndi.label(disc_like)
@@ -266,11 +267,14 @@ def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float], midline_col:
     cols_of = ndi.mean(grid_cols, labelled, index=pieces)
     rows_of = ndi.mean(grid_rows, labelled, index=pieces)
     best_rows, best_cols = np.nonzero(labelled == best)
-    pieces = pieces[(np.abs(cols_of - best_cols.mean()) * pixel_mm[1] <= VERTEBRA_GATHER_MM) & (rows_of >= best_rows.min())]
+    in_line = np.abs(cols_of - best_cols.mean()) * pixel_mm[1] <= VERTEBRA_GATHER_MM
+    pieces = pieces[in_line & (rows_of >= best_rows.min())]
     return np.isin(labelled, pieces)
 
 
-def _main_piece(labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[float, float], midline_col: float) -> int:
+def _main_piece(
+    labelled: np.ndarray, sizes_mm2: np.ndarray, pixel_mm: tuple[float, float], midline_col: float
+) -> int:
     """Label of the vertebra's main bone piece: the largest one not in front of the spine.
 
     A piece is in front of the spine (bowel full of oral contrast) when the
