@@ -178,6 +178,8 @@ def organs_and_fluid(
     spine: SpinePlane | None,
     wall_ref_hu: float,
     pixel_mm: tuple[float, float],
+    smooth: np.ndarray | None = None,
+    soft: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft tissue that is not muscle: organs brighter than it, fluid darker than it.
 
@@ -205,6 +207,9 @@ def organs_and_fluid(
         :func:`muscle_reference_hu` of the slice.
     pixel_mm:
         ``(row, column)`` spacing in mm.
+    smooth, soft:
+        :func:`smoothed_hu` of ``hu`` and :func:`soft_tissue_hu` of ``hu`` over
+        ``muscle_hu``, when the caller has them already; computed otherwise.
 
     Returns
     -------
@@ -214,14 +219,14 @@ def organs_and_fluid(
     """
     zone = inside.copy()
     back_ref = None
-    smooth = smoothed_hu(hu, pixel_mm)
+    smooth = smoothed_hu(hu, pixel_mm) if smooth is None else smooth
     if spine is not None:
         back_rows = slice(int(np.ceil(spine.centre[0])), None)
         cols = np.abs(np.arange(hu.shape[1]) - spine.centre[1]) * pixel_mm[1] <= PARASPINAL_HALF_WIDTH_MM
         zone[back_rows, cols] = False
         back_ref = back_muscle_hu(smooth, muscle_hu, spine, pixel_mm)
     reference = back_ref if back_ref is not None else wall_ref_hu
-    soft = soft_tissue_hu(hu, muscle_hu, pixel_mm)
+    soft = soft_tissue_hu(hu, muscle_hu, pixel_mm) if soft is None else soft
     bright = zone & (smooth > reference + ORGAN_DELTA_HU)
     # The smoothing spreads an organ by half its window over the wall muscle against
     # it; at the organ's rim only pixels bright themselves are organ.
@@ -237,7 +242,9 @@ def organs_and_fluid(
     return stops_wall, organ | fluid
 
 
-def fluid_bodies(hu: np.ndarray, fluid: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+def fluid_bodies(
+    hu: np.ndarray, fluid: np.ndarray, pixel_mm: tuple[float, float], smooth: np.ndarray | None = None
+) -> np.ndarray:
     """The parts of ``fluid`` that are bodies of fluid: at least ``2 * FLUID_BODY_MM`` wide.
 
     A bowel loop's content is such a body; the fat-darkened edge of a muscle, or a thin
@@ -251,13 +258,15 @@ def fluid_bodies(hu: np.ndarray, fluid: np.ndarray, pixel_mm: tuple[float, float
         Fluid (and fat) pixels of :func:`organs_and_fluid`'s ``not_muscle``.
     pixel_mm:
         ``(row, column)`` spacing in mm.
+    smooth:
+        :func:`smoothed_hu` of ``hu``, when the caller has it; computed otherwise.
 
     Returns
     -------
     numpy.ndarray
         Boolean mask: the opening of the non-fat part of ``fluid`` by a disc of ``FLUID_BODY_MM``.
     """
-    mask = fluid & (smoothed_hu(hu, pixel_mm) > FAT_MEAN_HU)
+    mask = fluid & ((smoothed_hu(hu, pixel_mm) if smooth is None else smooth) > FAT_MEAN_HU)
     core = ndi.distance_transform_edt(mask, sampling=pixel_mm) >= FLUID_BODY_MM
     if not core.any():
         return core

@@ -97,6 +97,7 @@ from l3node.analysis.compartments import (
     muscle_compartments,
     muscle_reference_hu,
     organs_and_fluid,
+    smoothed_hu,
     soft_tissue_hu,
 )
 from l3node.analysis.fat_pockets import imat_compartment, paraspinal_pockets
@@ -168,15 +169,17 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
         # Organs brighter than the patient's muscle (liver, spleen, enhanced bowel or
         # kidney) stop the wall walk; fluid darker than it (bowel content, cysts)
         # is not collected as psoas.
-        stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine, muscle_ref, (dy, dx))
+        smooth = smoothed_hu(hu, (dy, dx))
+        soft = soft_tissue_hu(hu, muscle_hu & inside, (dy, dx))
+        stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine, muscle_ref, (dy, dx),
+                                                  smooth=smooth, soft=soft)
         classes[(classes == MUSCLE) & stops_wall] = ORGAN
         # Bowel content pressed on the wall over a wide arc thickens every ray there alike,
         # so the neighbours' thickness is no check; a body of fluid darker than the outer
         # wall on its own ray stops the walk (a fatty, fat-planed wall is dark all through).
-        soft = soft_tissue_hu(hu, muscle_hu & inside, (dy, dx))
         outer = inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM) & (classes == MUSCLE)
         outer_hu = geometry.at_angle(per_ray_mean(geometry, soft, outer))
-        dark = fluid_bodies(hu, not_muscle & ~stops_wall, (dy, dx)) & (soft < outer_hu - WALL_FLUID_DELTA_HU)
+        dark = fluid_bodies(hu, not_muscle & ~stops_wall, (dy, dx), smooth) & (soft < outer_hu - WALL_FLUID_DELTA_HU)
         classes[(classes == MUSCLE) & dark] = ORGAN
     rays = walk_walls(classes, fascia_r, geometry)
 

@@ -123,15 +123,16 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     rows = np.arange(hu.shape[0])[:, None]
     # Muscle next to cortex is bright once smoothed; it must be dense itself too.
     dense = ((smooth > CANCELLOUS_HU) & (hu > DENSE_PIXEL_HU) & (rows >= front_bone)) | vertebra
-    dense &= ndi.distance_transform_edt(~vertebra, sampling=pixel_mm) <= VERTEBRA_GATHER_MM
+    to_vertebra = ndi.distance_transform_edt(~vertebra, sampling=pixel_mm)
+    dense &= to_vertebra <= VERTEBRA_GATHER_MM
     dense_labels, _ = ndi.label(dense)
     region = np.isin(dense_labels, np.unique(dense_labels[vertebra]))
     # The outer rim of what was added may be muscle blurred by the cortex next to it.
     rim = region & ~vertebra & ~ndi.binary_erosion(region)
     # A slice through the disc may show it apart from the neural arch (epidural
     # fat between): a disc-sized blob of disc HU in line with the vertebra.
-    region |= _disc_blobs(smooth, hu, vertebra, DISC_MAX_HU, pixel_mm, apart=False)
-    region |= _disc_blobs(smooth, hu, vertebra, DISC_APART_MAX_HU, pixel_mm, apart=True)
+    region |= _disc_blobs(smooth, hu, vertebra, to_vertebra, DISC_MAX_HU, pixel_mm, apart=False)
+    region |= _disc_blobs(smooth, hu, vertebra, to_vertebra, DISC_APART_MAX_HU, pixel_mm, apart=True)
     # Cancellous bone inside a broken cortex, and the spinal canal, are what a
     # closing encloses; the closing's own bridges are not added (psoas lies in
     # the concavities it would fill).
@@ -150,13 +151,13 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     return SpinePlane(region, centre, front, half_width, body_half_width, rim)
 
 
-def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, max_hu: float,
+def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distance: np.ndarray, max_hu: float,
                 pixel_mm: tuple[float, float], apart: bool) -> np.ndarray:
     """Disc-sized blobs of disc HU (smoothed up to ``max_hu``) in line with the vertebra.
 
-    With ``apart``, only blobs none of whose pixels touch the vertebra's bone.
+    ``distance`` is each pixel's distance (mm) to the vertebra's bone. With ``apart``,
+    only blobs none of whose pixels touch that bone.
     """
-    distance = ndi.distance_transform_edt(~vertebra, sampling=pixel_mm)
     disc_like = (smooth > CANCELLOUS_HU) & (smooth <= max_hu) & (hu > DENSE_PIXEL_HU)
     disc_like &= distance <= DISC_GATHER_MM
     if apart:
