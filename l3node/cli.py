@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--phantoms-per-variant", type=int, default=24)
     train.add_argument("--epochs", type=int, default=None, help="default: 30 for l3, 12 for seg")
     train.add_argument("--site-data", type=Path, nargs="*", default=None,
-                       help="a site's labelled cases (NIfTI + labels), added to the phantoms")
+                       help="a site's labelled cases (NIfTI + labels, or DICOM CT + SEG), added to the phantoms")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.set_defaults(func=_train)
 

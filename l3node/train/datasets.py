@@ -1,4 +1,4 @@
-"""Training data for the learned models: phantoms (cached) and a site's labelled NIfTI.
+"""Training data for the learned models: phantoms (cached) and a site's labelled CT.
 
 Phantoms (:func:`phantom_sample`): one :func:`l3node.phantom.make_phantom` per (variant, seed),
 matrix 256, slice thickness 3, 4 or 5 mm, every other acquisition option random (kernel, phase,
@@ -17,7 +17,9 @@ Seeds: variant ``i`` (index in :data:`l3node.phantom.VARIANTS`) uses seeds
 ``first_seed + 10000 * i + j``; training uses ``first_seed = 1000``, validation
 ``first_seed = 900000``, so the two never overlap.
 
-Site data (:func:`site_l3_samples`, :func:`site_seg_samples`): a folder of case folders, each with
+Site data (:func:`site_l3_samples`, :func:`site_seg_samples`): a folder of case folders (or one
+case folder). A case is either DICOM -- the CT series and a DICOM SEG of it, see
+:mod:`l3node.train.site_dicom` -- or NIfTI, with
 
 * ``ct.nii.gz`` -- the CT;
 * for L3: ``vertebrae.nii.gz`` (vertebra label map) and ``vertebrae.json`` (``{"29": "L3", ...}``,
@@ -41,6 +43,7 @@ from l3node.analysis.locate_l3 import inferior_endplate_z_from_labels
 from l3node.analysis.neural import L3_PREPROCESS, mip_inputs
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.logs import get_logger
+from l3node.train import site_dicom
 
 log = get_logger(__name__)
 
@@ -144,12 +147,19 @@ def phantom_samples(pairs: list[tuple[str, int]], cache_dir: Path | None = DEFAU
     return samples
 
 
-def _case_folders(root: Path, required: tuple[str, ...]) -> list[Path]:
+def _case_folders(root: Path, required: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """Case folders in ``root`` (itself or its subfolders): ``(folder, "nifti")`` where the
+    ``required`` files are, ``(folder, "dicom")`` where a DICOM SEG is (:mod:`l3node.train.site_dicom`)."""
     root = Path(root)
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
-    cases = [c for c in candidates if all((c / name).is_file() for name in required)]
+    cases = []
+    for case in candidates:
+        if all((case / name).is_file() for name in required):
+            cases.append((case, "nifti"))
+        elif site_dicom.is_dicom_case(case):
+            cases.append((case, "dicom"))
     if not cases:
-        raise ValueError(f"{root}: no case folder with {', '.join(required)}")
+        raise ValueError(f"{root}: no case folder with {', '.join(required)}, nor one with a DICOM SEG and its CT")
     return cases
 
 
@@ -159,19 +169,24 @@ def site_l3_samples(root: str | Path) -> list[dict[str, Any]]:
     Raises
     ------
     ValueError
-        If no case is found, or a case's label map lacks L3 or does not match its CT.
+        If no case is found, or a case's labels lack L3 or do not match its CT.
     """
     samples = []
-    for case in _case_folders(Path(root), ("ct.nii.gz", "vertebrae.nii.gz", "vertebrae.json")):
-        names = {int(k): str(v) for k, v in json.loads((case / "vertebrae.json").read_text()).items()}
-        l3 = [k for k, v in names.items() if v.upper() == "L3"]
-        if not l3:
-            raise ValueError(f"{case}/vertebrae.json names no L3")
-        volume = read_nifti(case / "ct.nii.gz")
-        labels = read_label_nifti(case / "vertebrae.nii.gz")
-        bodies_path = case / "vertebral_bodies_and_discs.nii.gz"
-        body = read_label_nifti(bodies_path) == 1 if bodies_path.is_file() else None
-        l3_z = inferior_endplate_z_from_labels(labels, volume, l3[0], body)
+    for case, kind in _case_folders(Path(root), ("ct.nii.gz", "vertebrae.nii.gz", "vertebrae.json")):
+        if kind == "dicom":
+            volume, seg = site_dicom.read_dicom_case(case)
+            l3_z = inferior_endplate_z_from_labels(site_dicom.vertebra_mask(seg, volume, "L3").astype(np.uint8),
+                                                   volume, 1)
+        else:
+            names = {int(k): str(v) for k, v in json.loads((case / "vertebrae.json").read_text()).items()}
+            l3 = [k for k, v in names.items() if v.upper() == "L3"]
+            if not l3:
+                raise ValueError(f"{case}/vertebrae.json names no L3")
+            volume = read_nifti(case / "ct.nii.gz")
+            labels = read_label_nifti(case / "vertebrae.nii.gz")
+            bodies_path = case / "vertebral_bodies_and_discs.nii.gz"
+            body = read_label_nifti(bodies_path) == 1 if bodies_path.is_file() else None
+            l3_z = inferior_endplate_z_from_labels(labels, volume, l3[0], body)
         coronal, sagittal, z0 = mip_inputs(volume, _STORE_PREPROCESS)
         samples.append({"coronal": coronal, "sagittal": sagittal, "z0_mm": z0, "l3_z_mm": l3_z,
                         "variant": "site", "seed": -1, "source": str(case)})
@@ -184,15 +199,21 @@ def site_seg_samples(root: str | Path, max_slices: int = 20) -> list[dict[str, A
     Raises
     ------
     ValueError
-        If no case is found or a label map does not match its CT.
+        If no case is found, a case has no labelled slice, or its labels do not match its CT.
     """
     samples = []
-    for case in _case_folders(Path(root), ("ct.nii.gz", "tissues.nii.gz")):
-        volume = read_nifti(case / "ct.nii.gz")
-        labels = read_label_nifti(case / "tissues.nii.gz")
+    for case, kind in _case_folders(Path(root), ("ct.nii.gz", "tissues.nii.gz")):
+        if kind == "dicom":
+            volume, seg = site_dicom.read_dicom_case(case)
+            labels = site_dicom.tissue_labels(seg, volume)
+        else:
+            volume = read_nifti(case / "ct.nii.gz")
+            labels = read_label_nifti(case / "tissues.nii.gz")
         if labels.shape != volume.hu.shape:
             raise ValueError(f"{case}: tissues {labels.shape} do not match ct {volume.hu.shape}")
         labelled = np.nonzero(labels.any(axis=(1, 2)))[0]
+        if not len(labelled):
+            raise ValueError(f"{case}: no slice carries a tissue label")
         ks = labelled[np.linspace(0, len(labelled) - 1, min(max_slices, len(labelled))).astype(int)]
         samples.append({"seg_hu": volume.hu[ks].astype(np.int16), "seg_labels": labels[ks].astype(np.uint8),
                         "seg_pixel_mm": np.array(volume.spacing_mm[1:]), "variant": "site", "seed": -1,

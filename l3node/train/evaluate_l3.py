@@ -26,6 +26,7 @@ from l3node.analysis.locate_l3 import L3Location, L3Status, inferior_endplate_z_
 from l3node.analysis.volume import Volume, read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig
 from l3node.logs import get_logger
+from l3node.train import site_dicom
 
 log = get_logger(__name__)
 
@@ -339,7 +340,9 @@ def case_from_folder(folder: str | Path) -> L3Case:
     * ``ct.nii.gz`` + per-structure ``vertebra_*.nii.gz`` masks (TotalSegmentator): L3 in the
       scan exactly when ``vertebra_L3.nii.gz`` exists;
     * ``*_ct.nii.gz`` + ``*seg-vert*_msk.nii.gz`` (VerSe/TPTBox, L3 = 22), bodies from
-      ``*seg-subreg*_msk.nii.gz`` (49).
+      ``*seg-subreg*_msk.nii.gz`` (49);
+    * a DICOM SEG with vertebra segments beside (or above) its DICOM CT series
+      (:mod:`l3node.train.site_dicom`): L3 in the scan exactly when it has an L3 segment.
 
     Raises
     ------
@@ -374,6 +377,16 @@ def case_from_folder(folder: str | Path) -> L3Case:
         return labelled_nifti_case(cts[0], verts[0], VERSE_L3_LABEL if present else None,
                                    body_labels_path=subreg[0] if subreg else None, body_value=49,
                                    name=folder.name)
+    if site_dicom.is_dicom_case(folder):
+        volume, seg = site_dicom.read_dicom_case(folder)
+        names = site_dicom.vertebra_names(seg)
+        if not names:
+            raise ValueError(f"{folder}: the SEG has no segment coded or labelled as a vertebra")
+        truth = None
+        if "L3" in names:
+            l3 = site_dicom.vertebra_mask(seg, volume, "L3").astype(np.uint8)
+            truth = inferior_endplate_z_from_labels(l3, volume, 1)
+        return L3Case(folder.name, lambda: volume, truth, None, "real")
     raise ValueError(f"{folder}: no CT with vertebra labels in a known layout (see case_from_folder)")
 
 

@@ -1,7 +1,7 @@
 """``l3node train l3|seg``: build the dataset, train, validate, write ``weights/<name>/``.
 
 :func:`main_train` is what the CLI calls. It trains on phantoms of every variant (and on a
-site's labelled NIfTI when given), validates on held-out phantoms of every variant (seeds
+site's labelled cases when given: NIfTI, or DICOM CT + SEG), validates on held-out phantoms of every variant (seeds
 never used for training), and writes ``model.pt`` and ``manifest.json`` (sha256, task,
 preprocessing: input spacing and intensity window, architecture, parameter count, training
 data, epochs, validation metrics, device, torch version, date).
