@@ -19,6 +19,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from l3node.analysis.locate_l3 import inferior_endplate_z_from_labels
+from l3node.analysis.segment import segment_slice
+from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import volume_from_files
 from l3node.config import OutputsConfig
 from l3node.outputs.algorithm import AlgorithmInfo
@@ -28,6 +30,7 @@ from l3node.phantom.dicom_export import write_dicom_series
 from l3node.train import site_dicom
 from l3node.train.datasets import site_l3_samples, site_seg_samples
 from l3node.train.evaluate_l3 import case_from_folder, main_evaluate_l3
+from l3node.train.evaluate_seg import evaluate_cases
 from l3node.train.train_cli import main_train
 
 TINY_L3 = {"channels": [4, 8], "z_channels": 8, "dilations": [1, 2, 4]}
@@ -110,6 +113,13 @@ def test_node_seg_of_tissues_gives_the_labelled_slice(prone_phantom, tmp_path):
     assert sample["seg_hu"].shape == (1, 128, 128)
     assert np.array_equal(sample["seg_labels"][0], truth)
     assert np.array_equal(sample["seg_hu"][0], prone_phantom.volume.hu[k].astype(np.int16))
+    # `l3node evaluate seg` compares our segmentation with the SEG's slice, tissue by tissue.
+    [result] = evaluate_cases([str(case)])
+    ours = segment_slice(prone_phantom.volume.hu[k], prone_phantom.volume.spacing_mm[1:])
+    for tissue in Tissue:
+        a, b = ours == tissue, truth == tissue
+        assert result.dice[f"site_{tissue.key}"] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+    assert result.slice_index == k
 
 
 def test_bad_dicom_cases_are_clear_errors(prone_phantom, l3_site, tmp_path):

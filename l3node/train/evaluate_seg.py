@@ -18,6 +18,10 @@ and slice. Two kinds of cases:
   -29 HU). The ``..._in_hu`` rows compare like with like: the reference mask within
   the same HU range (``config.muscle_hu`` / ``config.fat_hu``) against ours. They are
   reported beside the plain rows, never instead of them.
+* a folder with a site's DICOM CT series and a DICOM SEG of its tissues
+  (:mod:`l3node.train.site_dicom`; e.g. the node's own SEG, corrected by a reader), optionally
+  ``@<k0>-<k1>``: every slice with a tissue label is compared, tissue by tissue, in rows
+  named ``site_<tissue>`` (they never pool with phantom rows either).
 
 Command line: ``l3node evaluate seg CASES...`` calls :func:`main_evaluate_seg`.
 """
@@ -37,6 +41,7 @@ from l3node.analysis.segment import segment_slice
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import read_label_nifti, read_nifti
 from l3node.config import AnalysisConfig
+from l3node.train import site_dicom
 
 log = structlog.get_logger(__name__)
 
@@ -151,6 +156,35 @@ def evaluate_reference_folder(
     return results
 
 
+def evaluate_dicom_folder(
+    folder: str | Path,
+    slices: Iterable[int] | None = None,
+    config: AnalysisConfig | None = None,
+    segmenter: Segmenter = segment_slice,
+) -> list[SliceResult]:
+    """Segment each labelled slice (of ``slices``) of a DICOM CT + tissue SEG case and compare.
+
+    Raises
+    ------
+    ValueError
+        See :func:`l3node.train.site_dicom.read_dicom_case` and
+        :func:`~l3node.train.site_dicom.tissue_labels`; also when no chosen slice is labelled.
+    """
+    config = config or AnalysisConfig()
+    volume, seg = site_dicom.read_dicom_case(folder)
+    reference = site_dicom.tissue_labels(seg, volume)
+    labelled = [int(k) for k in np.nonzero(reference.any(axis=(1, 2)))[0] if slices is None or k in slices]
+    if not labelled:
+        raise ValueError(f"{folder}: no chosen slice carries a tissue label in the SEG")
+    pixel_mm = (volume.spacing_mm[1], volume.spacing_mm[2])
+    results = []
+    for k in labelled:
+        labels = segmenter(volume.hu[k], pixel_mm, config)
+        results.append(compare_masks(Path(folder).name, k, {f"site_{t.key}": labels == t for t in Tissue},
+                                     {f"site_{t.key}": reference[k] == t for t in Tissue}, volume.pixel_area_mm2))
+    return results
+
+
 def evaluate_phantom(
     variant: str,
     seed: int,
@@ -207,7 +241,10 @@ def evaluate_cases(cases: Iterable[str], config: AnalysisConfig | None = None) -
             if not first.isdigit() or (last and not last.isdigit()):
                 raise ValueError(f"slice range must be <k0>-<k1>, got {span!r}")
             slices = range(int(first), int(last or first) + 1)
-        results.extend(evaluate_reference_folder(folder, slices, config))
+        if site_dicom.is_dicom_case(Path(folder)):
+            results.extend(evaluate_dicom_folder(folder, slices, config))
+        else:
+            results.extend(evaluate_reference_folder(folder, slices, config))
     return results
 
 
