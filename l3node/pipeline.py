@@ -31,6 +31,7 @@ from l3node.analysis.locate_l3 import L3Location, L3Status, locate_l3
 from l3node.analysis.measure import Measurements, measure, patient_facts_from_dataset
 from l3node.analysis.second_opinion import weigh_second_opinion
 from l3node.analysis.segment import segment_at_l3
+from l3node.analysis.slice_quality import check_slice
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, volume_from_files
 from l3node.config import Config
@@ -310,6 +311,10 @@ def _measure_and_write(
     with watch.stage("measure"):
         patient = patient_facts_from_dataset(source)
         measurements = measure(hu_plane, labels, volume.pixel_area_mm2, patient, config.analysis)
+        # The L3 slice itself (not an average): a body cut by the field of view, metal.
+        quality = check_slice(volume.hu[l3.slice_index], volume.spacing_mm[1:])
+        measurements = dataclasses.replace(measurements, quality_flags=quality.flags,
+                                           notes=(*measurements.notes, *quality.notes))
     source_labels = volume.to_source_pixels(labels)
     source_hu = volume.to_source_pixels(hu_plane)
     outputs: dict[str, dict] = {}
@@ -333,6 +338,7 @@ def _measure_and_write(
         "tissues": measurements_to_dict(measurements),
         "smi_cm2_m2": _round(measurements.smi_cm2_m2),
         "flags": list(measurements.flags),
+        "quality_flags": list(measurements.quality_flags),
         "notes": list(measurements.notes),
         "patient": {"sex": patient.sex, "height_m": patient.height_m, "weight_kg": patient.weight_kg},
         "outputs": outputs,

@@ -55,6 +55,7 @@ class Measurements:
     tissues: dict[Tissue, TissueMeasurement]
     smi_cm2_m2: float | None  # skeletal muscle index; None without height
     flags: tuple[str, ...] = ()  # e.g. "low_muscle_mass", "low_muscle_attenuation"
+    quality_flags: tuple[str, ...] = ()  # the slice's own problems (l3node.analysis.slice_quality)
     notes: tuple[str, ...] = field(default=())  # e.g. "height missing: no SMI"
     cutoff_set: str | None = None
     sma_vat_ratio: float | None = None  # SMA / VAT; None when VAT is zero

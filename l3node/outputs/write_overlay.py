@@ -95,6 +95,8 @@ def text_lines(measurements: Measurements, l3: L3Location) -> list[tuple[str, tu
         rule = getattr(measurements, rule_field, None)
         if rule:
             lines.append((f"cut-off: {rule}", (200, 200, 200)))
+    if measurements.quality_flags:
+        lines.append(("CHECK the slice: " + ", ".join(measurements.quality_flags), (255, 120, 40)))
     for note in (*l3.notes, *measurements.notes):
         lines.append((note, (200, 200, 200)))
     return lines

@@ -227,12 +227,14 @@ def tissue_groups(
     return groups
 
 
-def needs_review(l3: L3Location) -> bool:
-    """Whether a radiologist should check the level: uncertain, low confidence or a variant."""
+def needs_review(l3: L3Location, measurements: Measurements | None = None) -> bool:
+    """Whether a radiologist should check the result: the level uncertain, of low confidence or
+    in a variant spine, or the slice flagged (body cut by the field of view, metal)."""
     return (
         l3.status is not L3Status.FOUND
         or l3.confidence < LOW_CONFIDENCE
         or l3.variant is not Variant.NORMAL
+        or bool(measurements is not None and measurements.quality_flags)
     )
 
 
@@ -250,6 +252,8 @@ def _comments(l3: L3Location, measurements: Measurements, patient: PatientFacts)
             lines.append(f"cut-off applied: {rule}")
     if measurements.flags:
         lines.append(f"flags: {', '.join(measurements.flags)}")
+    if measurements.quality_flags:
+        lines.append(f"quality flags: {', '.join(measurements.quality_flags)}")
     lines.extend(l3.notes)
     lines.extend(measurements.notes)
     lines.extend(getattr(patient, "notes", ()))
@@ -274,7 +278,7 @@ def summary_group(
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(codes.ANATOMIC_VARIANT, codes.VARIANT_CODES[l3.variant]),
-            hd.sr.QualitativeEvaluation(codes.NEEDS_REVIEW, codes.YES if needs_review(l3) else codes.NO),
+            hd.sr.QualitativeEvaluation(codes.NEEDS_REVIEW, codes.YES if needs_review(l3, measurements) else codes.NO),
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup(l3_source.SOPClassUID, l3_source.SOPInstanceUID)],
     )
