@@ -462,14 +462,18 @@ def test_segment_at_l3_single_and_averaged(drawn):
 # mask; of 3340 we add, 2345 lie within a pixel of the reference (edge pixels of median 22 HU, as
 # our true positives) and 994 are whole structures it leaves out, 515 of them lining the wall
 # inside the ribs (diaphragm) and 317 behind and beside the spine (posterior diaphragm, crura).
-# Thresholds sit just below the measurement.
+# Thresholds sit just below the measurement. Since the osteoporotic body's front is found
+# (slice_vertebra.FRONT_RUN_FRACTION), L2's psoas beside the body's front half is muscle (36 pixels
+# the reference has too, slices 3-4) and so is the posterior diaphragm reached through it (91 it
+# leaves out): mean 0.866, min 0.830 (slice 3, was 0.836). At L3-L4 of ts_example_ct the same
+# change adds only psoas (3 of 24 slices, 2-3.5 cm^2 each).
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real CT reference data not found at {REAL}")
 def test_real_ct_against_silver_masks():
     results = evaluate_reference_folder(REAL, range(0, 15))
     muscle = np.array([r.dice["silver_skeletal_muscle"] for r in results])
     sat = np.array([r.dice["silver_sat"] for r in results])
     assert muscle.mean() >= 0.86, muscle.round(3)
-    assert muscle.min() >= 0.83, muscle.round(3)
+    assert muscle.min() >= 0.82, muscle.round(3)
     assert sat.mean() >= 0.92, sat.round(3)
     assert sat.min() >= 0.90, sat.round(3)
     # The same reference within our HU ranges (our tissue definition) agrees better.
@@ -777,3 +781,46 @@ def test_vertebral_body_front_is_not_the_enhanced_vessels_pressed_on_it():
     assert spine.bone[aorta].mean() > 0.9 and spine.bone[ivc].mean() > 0.9, "vessels not in the vertebra's mask"
     body_front = np.nonzero(body.any(axis=1))[0].min()
     assert abs(spine.front_row - body_front) <= 3, (spine.front_row, body_front)
+
+
+def _osteoporotic_vertebra() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The drawn torso with an osteoporotic vertebra: a thin cortex broken into pieces
+    around 140 HU cancellous bone with fatty marrow spots, a dense arch behind it, and
+    psoas beside the body's front half. Returns HU, the body and the psoas."""
+    hu, _ = _drawn_slice()
+    shape = hu.shape
+    hu[_ellipse(shape, (140, 150), (14, 17))] = -90.0  # remove the drawn vertebra
+    body = _ellipse(shape, (132, 150), (13, 17))
+    inner = _ellipse(shape, (132, 150), (11, 15))
+    rows, cols = np.indices(shape)
+    # The cortex is whole behind, joined to the pedicles; in front it is dots 40 degrees apart.
+    angle = np.degrees(np.arctan2(rows - 132, cols - 150)) % 40.0
+    hu[body] = np.where((rows >= 132) | (angle < 6.0), 250.0, 140.0)[body]
+    hu[inner] = 140.0  # above a disc's HU, below the bone threshold
+    hu[_ellipse(shape, (148, 136), (6, 3)) | _ellipse(shape, (148, 164), (6, 3))] = 400.0  # pedicles
+    rng = np.random.default_rng(3)
+    spots = inner & (rng.random(shape) < 0.08)
+    hu[spots] = 40.0  # fatty marrow
+    hu[_ellipse(shape, (152, 150), (4, 6))] = 10.0  # canal
+    arch = (_ellipse(shape, (158, 150), (4, 16)) | _ellipse(shape, (172, 150), (12, 3))) & ~_ellipse(shape, (152, 150), (4, 6))
+    hu[arch] = 450.0
+    psoas = (_ellipse(shape, (126, 122), (9, 11)) | _ellipse(shape, (126, 178), (9, 11))) & ~body
+    hu[psoas] = 45.0
+    return hu, body, psoas
+
+
+def test_osteoporotic_body_in_pieces_keeps_its_front_and_the_psoas_beside_it():
+    """A thin cortex that falls apart into pieces is not gathered with the arch (what lies in
+    front of the main piece may be an enhanced aorta); the cancellous bone still runs across
+    the midline, so the body's front is found there and the psoas beside its front half is
+    muscle (real CT, L1-L4 of an osteoporotic spine: front 18-21 mm too far back, up to
+    4 cm^2 of psoas lost per slice)."""
+    hu, body, psoas = _osteoporotic_vertebra()
+    inside = np.where(_ellipse(hu.shape, (115, 150), (80, 110)), hu, -1000.0)  # within the fascia, as segmented
+    spine = find_vertebra(inside, inside >= 150, (PIXEL_MM, PIXEL_MM))
+    assert spine is not None
+    body_front = np.nonzero(body.any(axis=1))[0].min()
+    assert abs(spine.front_row - body_front) <= 4, (spine.front_row, body_front)  # 60 % of the width: 4 rows in
+    labels = segment_slice(hu, (PIXEL_MM, PIXEL_MM))
+    assert (labels[psoas] == Tissue.SKELETAL_MUSCLE).mean() > 0.8
+    assert not (labels[body] == Tissue.SKELETAL_MUSCLE).any()

@@ -27,6 +27,11 @@ VERTEBRA_MIN_MM2 = 200.0
 """A bone piece smaller than this (2 cm^2) is a rib or a calcification, not a vertebra."""
 AIR_HU = -900.0
 """At or below this a pixel is air: outside the fascia (set so by the caller) or bowel gas."""
+FRONT_RUN_FRACTION = 0.6
+"""In front of the vertebra's bone pieces, dense tissue still belongs to the body while it runs
+across the midline, to the shorter side, at least this fraction of the body's width (real CT,
+L1-L2 of an osteoporotic spine: the broken anterior cortex left the front 18-21 mm too far
+back and the psoas beside the body's front half was lost)."""
 ARCH_MIN_MM2 = 400.0
 """A bone piece wholly behind another, far from it and at least this large, is a neural arch
 (the piece in front of it is not the vertebra) ..."""
@@ -114,17 +119,17 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     vertebra = _vertebra_bone(bone, pixel_mm, midline_col)
     if vertebra is None:
         return None
-    front_bone = np.nonzero(vertebra)[0].min()
     # Disc and osteoporotic cancellous bone fall below BONE_HU; on a smoothed image
     # they stay above muscle. Dense tissue touching the vertebra, not in front of
-    # its bone (an enhanced aorta lies there), is added.
+    # the body (an enhanced aorta lies there), is added.
     size = max(3, int(round(5.0 / min(pixel_mm))) | 1)
     smooth = ndi.uniform_filter(np.clip(hu, -200, 1000), size=size)
     rows = np.arange(hu.shape[0])[:, None]
-    # Muscle next to cortex is bright once smoothed; it must be dense itself too.
-    dense = ((smooth > CANCELLOUS_HU) & (hu > DENSE_PIXEL_HU) & (rows >= front_bone)) | vertebra
     to_vertebra = ndi.distance_transform_edt(~vertebra, sampling=pixel_mm)
-    dense &= to_vertebra <= VERTEBRA_GATHER_MM
+    # Muscle next to cortex is bright once smoothed; it must be dense itself too.
+    dense = (smooth > CANCELLOUS_HU) & (hu > DENSE_PIXEL_HU) & (to_vertebra <= VERTEBRA_GATHER_MM)
+    front_bone = _dense_front(vertebra, dense)
+    dense = (dense & (rows >= front_bone)) | vertebra
     dense_labels, _ = ndi.label(dense)
     region = np.isin(dense_labels, np.unique(dense_labels[vertebra]))
     # The outer rim of what was added may be muscle blurred by the cortex next to it.
@@ -172,6 +177,36 @@ def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distan
     if apart:
         keep &= ndi.minimum(distance, labels, index) > 1.5 * max(pixel_mm)
     return np.concatenate([[False], keep])[labels]
+
+
+def _dense_front(vertebra: np.ndarray, dense: np.ndarray) -> int:
+    """First row of the vertebral body: the front of its bone pieces, or further forward
+    while dense tissue runs across the midline at least ``FRONT_RUN_FRACTION`` as wide as
+    the body just behind that front.
+
+    An osteoporotic body's thin cortex falls apart into pieces that are not gathered (what
+    lies in front of the main piece may be an enhanced aorta), but its cancellous bone stays
+    dense and runs across the midline symmetrically; a vessel pressed on the body lies to
+    one side.
+    """
+    # Only the neighbourhood of the vertebra (dense is gathered within reach of it) is searched.
+    rr, cc = np.nonzero(dense | vertebra)
+    box = (slice(max(0, rr.min() - 1), rr.max() + 2), slice(max(0, cc.min() - 1), cc.max() + 2))
+    bone, near = vertebra[box], dense[box] | vertebra[box]
+    solid = ndi.binary_fill_holes(ndi.binary_closing(near) | near)
+    labelled, _ = ndi.label(solid)
+    solid = np.isin(labelled, np.unique(labelled[bone]))
+    top = int(np.nonzero(bone)[0].min())
+    # The midline of body and arch together: the bone pieces alone may be one side's.
+    mid = int(round(float(np.median(np.nonzero(solid)[1]))))
+    front = top
+    if solid[top, mid]:
+        width = 2 * _symmetric_reach(solid[top], mid) - 1
+        for row in range(top - 1, -1, -1):
+            if not solid[row, mid] or 2 * _symmetric_reach(solid[row], mid) - 1 < FRONT_RUN_FRACTION * width:
+                break
+            front = row
+    return front + box[0].start
 
 
 def _body_half_width(region: np.ndarray, front: float, centre: tuple[float, float]) -> float | None:
