@@ -85,6 +85,23 @@ def test_real_jpeg2000_slices_are_declined_cleanly(tmp_path):
     assert results["rejected_series"]
 
 
+def test_enhanced_ct_is_declined_with_its_reason(phantom_study, tmp_path):
+    """A multi-frame CT (here Legacy Converted Enhanced, made by highdicom from the phantom's
+    slices) is recognised and declined as such, not as 'one image'."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    slices = [pydicom.dcmread(p) for p in sorted((phantom_study / "dicom").iterdir())]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1)
+    study = tmp_path / "study"
+    study.mkdir()
+    enhanced.save_as(study / "enhanced.dcm")
+    outcome = analyse_study(study, tmp_path / "out", Config())
+    assert outcome.status == "declined"
+    assert "enhanced_ct: Legacy Converted Enhanced CT Image Storage (multi-frame) is not analysed" in outcome.reason
+
+
 def test_folder_without_dicom_is_declined(tmp_path):
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "notes.txt").write_text("not DICOM")

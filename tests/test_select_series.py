@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from pydicom.uid import ComprehensiveSRStorage, SegmentationStorage
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    SegmentationStorage,
+)
 
 from l3node.config import SelectionConfig
 from l3node.node.select_series import select_series
@@ -35,6 +40,8 @@ def test_single_good_series_selected():
         ({"SOPClassUID": ComprehensiveSRStorage, "Modality": "SR"}, "non_image_object"),
         ({"SOPClassUID": SegmentationStorage, "Modality": "SEG"}, "non_image_object"),
         ({"Modality": "MR"}, "modality"),
+        ({"SOPClassUID": EnhancedCTImageStorage}, "enhanced_ct"),
+        ({"SOPClassUID": LegacyConvertedEnhancedCTImageStorage}, "enhanced_ct"),
         ({"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, "localizer"),
         ({"ImageType": ["DERIVED", "SECONDARY", "AXIAL", "MPR"]}, "image_type_excluded"),
         ({"ImageType": ["ORIGINAL", "PRIMARY"]}, "image_type_missing"),

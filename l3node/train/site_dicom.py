@@ -33,7 +33,8 @@ from l3node.outputs.codes import SEGMENT_CODINGS
 __all__ = ["VERTEBRA_CODES", "is_dicom_case", "read_dicom_case", "tissue_labels", "vertebra_mask", "vertebra_names"]
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
-CT_SOP_CLASS_UIDS = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
+CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"
+"""CT Image Storage, one instance per slice (multi-frame Enhanced CT is not read, as in the node)."""
 
 VERTEBRA_CODES: dict[str, str] = {
     getattr(codes.SCT, f"{name}Vertebra").value: name
@@ -78,7 +79,7 @@ def read_dicom_case(case: str | Path) -> tuple[Volume, hd.seg.Segmentation]:
             continue
         if _is_seg(header) and path.parent == case:
             segs.append(path)
-        elif str(getattr(header, "SOPClassUID", "")) in CT_SOP_CLASS_UIDS:
+        elif str(getattr(header, "SOPClassUID", "")) == CT_SOP_CLASS_UID:
             series.setdefault(str(header.SeriesInstanceUID), []).append((path, header))
     if len(segs) != 1:
         raise ValueError(f"{case}: a DICOM case needs exactly one SEG file directly in its folder, found {len(segs)}")
@@ -87,7 +88,7 @@ def read_dicom_case(case: str | Path) -> tuple[Volume, hd.seg.Segmentation]:
     found = [uid for uid in referenced if uid in series]
     if not found:
         raise ValueError(f"{case}: the SEG references series {', '.join(referenced) or '(none)'}, "
-                         f"but the folder holds CT series {', '.join(series) or '(none)'}")
+                         f"but the folder holds CT Image Storage series {', '.join(series) or '(none)'}")
     paths, headers = zip(*series[found[0]])
     volume, _ = volume_from_files(list(paths), list(headers))
     return volume, seg
