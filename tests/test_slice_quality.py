@@ -99,3 +99,10 @@ def test_cut_body_reaches_the_report_and_results(tmp_path):
     if dciodvfy_available():
         for name in ("sr.dcm", "overlay.dcm"):
             assert run_dciodvfy(tmp_path / "out" / name) == [], name
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="check_slice needs a 2D slice"):
+        check_slice(np.zeros((2, 4, 4)), (1.0, 1.0))
+    with pytest.raises(ValueError, match="positive"):
+        check_slice(np.zeros((4, 4)), (1.0, -1.0))

@@ -103,7 +103,7 @@ from l3node.analysis.compartments import (
 from l3node.analysis.fat_pockets import imat_compartment, paraspinal_pockets
 from l3node.analysis.slice_vertebra import BONE_HU, CORTEX_BLUR_MM, around_spine, find_vertebra
 from l3node.analysis.tissues import Tissue
-from l3node.analysis.volume import Volume
+from l3node.analysis.volume import Volume, axial_plane
 from l3node.config import AnalysisConfig
 
 __all__ = ["body_mask", "segment_at_l3", "segment_slice"]
@@ -134,12 +134,7 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
         If ``hu`` is not 2D or a pixel spacing is not positive.
     """
     config = config or AnalysisConfig()
-    hu = np.asarray(hu, dtype=np.float32)
-    if hu.ndim != 2:
-        raise ValueError(f"segment_slice needs a 2D slice, got shape {hu.shape}")
-    dy, dx = (float(v) for v in pixel_mm)
-    if dy <= 0 or dx <= 0:
-        raise ValueError(f"pixel spacing must be positive, got {pixel_mm}")
+    hu, (dy, dx) = axial_plane(hu, pixel_mm, "segment_slice")
 
     labels = np.zeros(hu.shape, np.uint8)
     body = body_mask(hu, (dy, dx))

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from l3node.analysis.body import body_mask
+from l3node.analysis.volume import axial_plane
 
 __all__ = ["BODY_CUT_BY_FOV", "METAL_ON_SLICE", "SliceQuality", "check_slice"]
 
@@ -67,12 +68,7 @@ def check_slice(hu: np.ndarray, pixel_mm: tuple[float, float]) -> SliceQuality:
     ValueError
         If ``hu`` is not 2D or a spacing is not positive.
     """
-    hu = np.asarray(hu, dtype=np.float32)
-    if hu.ndim != 2:
-        raise ValueError(f"check_slice needs a 2D slice, got shape {hu.shape}")
-    dy, dx = (float(v) for v in pixel_mm)
-    if dy <= 0 or dx <= 0:
-        raise ValueError(f"pixel spacing must be positive, got {pixel_mm}")
+    hu, (dy, dx) = axial_plane(hu, pixel_mm, "check_slice")
     body = body_mask(hu, (dy, dx))
     flags: list[str] = []
     notes: list[str] = []

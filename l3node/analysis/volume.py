@@ -210,6 +210,23 @@ def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float =
     )
 
 
+def axial_plane(hu: np.ndarray, pixel_mm: Sequence[float], caller: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """One axial slice as float32 and its ``(row, column)`` spacing, checked.
+
+    Raises
+    ------
+    ValueError
+        If ``hu`` is not 2D or a spacing is not positive (``caller`` names the function asking).
+    """
+    plane = np.asarray(hu, dtype=np.float32)
+    if plane.ndim != 2:
+        raise ValueError(f"{caller} needs a 2D slice, got shape {plane.shape}")
+    dy, dx = (float(v) for v in pixel_mm)
+    if dy <= 0 or dx <= 0:
+        raise ValueError(f"pixel spacing must be positive, got {tuple(pixel_mm)}")
+    return plane, (dy, dx)
+
+
 def _hu_plane(ds: pydicom.Dataset) -> np.ndarray:
     pixels = ds.pixel_array
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
