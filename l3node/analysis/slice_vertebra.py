@@ -32,6 +32,9 @@ FRONT_RUN_FRACTION = 0.6
 across the midline, to the shorter side, at least this fraction of the body's width (real CT,
 L1-L2 of an osteoporotic spine: the broken anterior cortex left the front 18-21 mm too far
 back and the psoas beside the body's front half was lost)."""
+FRONT_WIDTH_MM = 10.0
+"""The body's width is the widest run across the midline this far behind its bone's front (the
+first row may cross a narrow tip of the cortex)."""
 ARCH_MIN_MM2 = 400.0
 """A bone piece wholly behind another, far from it and at least this large, is a neural arch
 (the piece in front of it is not the vertebra) ..."""
@@ -128,7 +131,7 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     to_vertebra = ndi.distance_transform_edt(~vertebra, sampling=pixel_mm)
     # Muscle next to cortex is bright once smoothed; it must be dense itself too.
     dense = (smooth > CANCELLOUS_HU) & (hu > DENSE_PIXEL_HU) & (to_vertebra <= VERTEBRA_GATHER_MM)
-    front_bone = _dense_front(vertebra, dense)
+    front_bone = _dense_front(vertebra, dense, pixel_mm[0])
     dense = (dense & (rows >= front_bone)) | vertebra
     dense_labels, _ = ndi.label(dense)
     region = np.isin(dense_labels, np.unique(dense_labels[vertebra]))
@@ -179,10 +182,10 @@ def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distan
     return np.concatenate([[False], keep])[labels]
 
 
-def _dense_front(vertebra: np.ndarray, dense: np.ndarray) -> int:
+def _dense_front(vertebra: np.ndarray, dense: np.ndarray, row_mm: float) -> int:
     """First row of the vertebral body: the front of its bone pieces, or further forward
     while dense tissue runs across the midline at least ``FRONT_RUN_FRACTION`` as wide as
-    the body just behind that front.
+    the body is within ``FRONT_WIDTH_MM`` behind that front.
 
     An osteoporotic body's thin cortex falls apart into pieces that are not gathered (what
     lies in front of the main piece may be an enhanced aorta), but its cancellous bone stays
@@ -201,7 +204,8 @@ def _dense_front(vertebra: np.ndarray, dense: np.ndarray) -> int:
     mid = int(round(float(np.median(np.nonzero(solid)[1]))))
     front = top
     if solid[top, mid]:
-        width = 2 * _symmetric_reach(solid[top], mid) - 1
+        behind = range(top, min(solid.shape[0], top + int(round(FRONT_WIDTH_MM / row_mm)) + 1))
+        width = max(2 * _symmetric_reach(solid[row], mid) - 1 for row in behind if solid[row, mid])
         for row in range(top - 1, -1, -1):
             if not solid[row, mid] or 2 * _symmetric_reach(solid[row], mid) - 1 < FRONT_RUN_FRACTION * width:
                 break
