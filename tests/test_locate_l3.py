@@ -41,6 +41,50 @@ def test_real_abdomen_ct_l3_within_10_mm():
     assert len(result.vertebrae) >= 5
 
 
+def _resliced(volume: Volume, dz: float) -> Volume:
+    """The volume resampled to ``dz`` mm slices (Gaussian slab profile when thicker): a derived
+    variant for robustness, not a new patient."""
+    old = volume.spacing_mm[0]
+    hu = ndi.gaussian_filter1d(volume.hu, (dz / old) / 2.355, axis=0) if dz > old else volume.hu
+    k = np.arange(int(np.floor((volume.shape[0] - 1) * old / dz)) + 1) * dz / old
+    grid = np.meshgrid(k, np.arange(volume.shape[1]), np.arange(volume.shape[2]), indexing="ij")
+    return Volume(ndi.map_coordinates(hu, grid, order=1).astype(np.float32),
+                  (dz, *volume.spacing_mm[1:]), volume.origin_mm)
+
+
+def _z_cropped(volume: Volume, z_lo: float, z_hi: float) -> Volume:
+    k = np.nonzero((volume.z_mm >= z_lo) & (volume.z_mm <= z_hi))[0]
+    return Volume(np.ascontiguousarray(volume.hu[k]), volume.spacing_mm,
+                  (volume.origin_mm[0], volume.origin_mm[1], float(volume.z_mm[k[0]])))
+
+
+@pytest.mark.parametrize("derive", ["5 mm slices", "1.5 mm slices", "no ribs: up to mid-L1", "from the top of S1"])
+def test_real_abdomen_ct_resliced_or_cropped_keeps_l3(derive):
+    """The real CT resliced, or cropped to one anchor. Its column runs off the bottom of the
+    scan and pelvic pieces lie below the sacrum: the iliac bones were missed at 1.5 and 5 mm
+    (their wings then read as ribs, no slice or one 95 mm off), and the sacrum was found at
+    none of them (its top hidden behind those pieces)."""
+    folder = _need(DATA / "ts_example_ct")
+    volume = read_nifti(folder / "ct.nii.gz")
+    truth = inferior_endplate_z_from_labels(read_label_nifti(folder / "vertebrae.nii.gz"), volume, 29)
+    derived = {
+        "5 mm slices": lambda: _resliced(volume, 5.0),
+        "1.5 mm slices": lambda: _resliced(volume, 1.5),
+        "no ribs: up to mid-L1": lambda: _z_cropped(volume, -1e9, 377.0),  # L1 spans 352-403 mm
+        "from the top of S1": lambda: _z_cropped(volume, 240.0, 1e9),
+    }[derive]()
+    result = locate_l3(derived)
+    assert result.z_mm is not None and abs(result.z_mm - truth) < 10.0, (result.method, result.notes)
+
+
+def test_real_abdomen_ct_counts_agree():
+    """Both anchors are in view: the twelfth ribs and the sacrum (under pelvic pieces) agree."""
+    volume = read_nifti(_need(DATA / "ts_example_ct") / "ct.nii.gz")
+    result = locate_l3(volume)
+    assert result.rib_count_z_mm is not None and result.rib_count_z_mm == result.sacrum_count_z_mm
+    assert result.status is L3Status.FOUND
+
+
 def test_real_chest_cta_is_not_in_field_of_view():
     volume = read_nifti(_need(DATA / "ts_chest_cta_no_l3") / "ct.nii.gz")
     result = locate_l3(volume)

@@ -27,6 +27,13 @@ scans, class then "unknown"). Higher up no gap is allowed: bowel full of oral co
 a lumbar body, behind a thin psoas, would join through it (phantom seed 50097, L4)."""
 
 
+MAX_SEGMENT_HEIGHT_MM = 45.0
+"""No vertebral body is this tall (lumbar bodies measure 18-35 mm): a taller segment at the
+bottom of the column is pelvis or sacrum in which no disc was found ..."""
+MIN_SEGMENT_HEIGHT_MM = 12.0
+"""... and none this short: such a segment there is a piece of the sacrum."""
+
+
 def _ala_fraction(grid: WorkingGrid, bone: np.ndarray, v: VertebraFound, bridge: int = 0) -> float:
     """Fraction of the segment's slices with bone well lateral to the body *at body depth*.
 
@@ -91,8 +98,14 @@ def find_iliac_bones(grid: WorkingGrid, bone: np.ndarray, track: CanalTrack,
         col_mean = float(np.nonzero(sub.any(axis=(0, 1)))[0].mean() + sl[2].start)
         k_mid = (sl[0].start + sl[0].stop) // 2
         offset = (col_mean - track.col[min(k_mid, len(track.col) - 1)]) * dc
-        if abs(offset) < 45 or grid.origin_mm[2] + (sl[0].start - 1) * dz > z_floor_mm:
-            continue  # beside the spine and down to (or below) its lower end: not scapula
+        # Beside the spine and down to (or below) its lower end: not scapula. When the column
+        # runs off the bottom of the scan, a component cut there too reaches as low as it can
+        # (real CT resliced to 1.5 or 5 mm: the sacrum's last segment ended half a slice
+        # below the first slice, both iliac bones were missed and the iliac wings were read
+        # as ribs).
+        cut_with_column = sl[0].start == 0 and z_floor_mm <= grid.origin_mm[2] + dz
+        if abs(offset) < 45 or (grid.origin_mm[2] + (sl[0].start - 1) * dz > z_floor_mm and not cut_with_column):
+            continue
         if sl[0].stop >= grid.hu.shape[0]:
             continue  # runs to the top of the scan: table or arm, not pelvis
         # The ilium reaches the sacrum (sacroiliac joint); arm bones stay far lateral.
@@ -130,16 +143,30 @@ def merge_sacrum(grid: WorkingGrid, bone: np.ndarray, vs: list[VertebraFound], l
         return _ala_fraction(grid, bone, own, ALA_GAP_VOXELS if below_crest else 0) >= 0.4
 
     sacral = [v.sacral or has_alae(v) for v in vs]
-    # Below the sacrum no mobile vertebra exists: trailing segments without a body where they
-    # were sampled (half width at the floor: the canal track lost in the pelvis) belong to it.
-    end = len(vs)
-    while end > 0 and not sacral[end - 1] and _half_width_mm(grid, vs[end - 1]) <= MIN_HALF_WIDTH_MM:
-        end -= 1
-    i = end
-    while i > 0 and sacral[i - 1]:
-        i -= 1
-    if i == end:
+
+    def below_s1(j: int) -> bool:
+        # Below S1 no mobile vertebra exists: the rest of the sacrum, and segments without a
+        # body where they were sampled (half width at the floor: the canal track lost in the
+        # pelvis), taller than any vertebra (no disc found in the pelvis) or, whole in the
+        # scan, shorter than one (sacral segments cut apart by their remnant discs).
+        v = vs[j]
+        return (sacral[j] or _half_width_mm(grid, v) <= MIN_HALF_WIDTH_MM or v.height_mm > MAX_SEGMENT_HEIGHT_MM
+                or (v.superior_seen and v.inferior_seen and v.height_mm < MIN_SEGMENT_HEIGHT_MM))
+
+    # S1 is the highest segment with alae in the run of such segments at the bottom of the
+    # column (real CT: pelvic bone with a body-like width, or pieces without one, lay below the
+    # sacrum's top and hid it when only the lowest segments were searched for alae).
+    top = None
+    j = len(vs)
+    while j > 0 and below_s1(j - 1):
+        j -= 1
+        if sacral[j]:
+            top = j
+    if top is None:
         return vs, None
+    i, end = top, top + 1
+    while end < len(vs) and sacral[end]:
+        end += 1
     if not pelvis_seen:
         notes.append("sacrum-like bone without iliac bones beside it")
     run = vs[i:end]  # trailing pieces are dropped: pelvis or lower sacrum, never a vertebra
