@@ -114,13 +114,14 @@ def compare_masks(
     )
 
 
-def evaluate_labels(case: str, slice_index: int, predicted: np.ndarray, truth: np.ndarray, pixel_area_mm2: float) -> SliceResult:
-    """Compare two label maps of :class:`Tissue` values, tissue by tissue."""
+def evaluate_labels(case: str, slice_index: int, predicted: np.ndarray, truth: np.ndarray, pixel_area_mm2: float,
+                    prefix: str = "") -> SliceResult:
+    """Compare two label maps of :class:`Tissue` values, tissue by tissue (rows ``prefix + key``)."""
     return compare_masks(
         case,
         slice_index,
-        {t.key: predicted == t for t in Tissue},
-        {t.key: truth == t for t in Tissue},
+        {prefix + t.key: predicted == t for t in Tissue},
+        {prefix + t.key: truth == t for t in Tissue},
         pixel_area_mm2,
     )
 
@@ -180,8 +181,7 @@ def evaluate_dicom_folder(
     results = []
     for k in labelled:
         labels = segmenter(volume.hu[k], pixel_mm, config)
-        results.append(compare_masks(Path(folder).name, k, {f"site_{t.key}": labels == t for t in Tissue},
-                                     {f"site_{t.key}": reference[k] == t for t in Tissue}, volume.pixel_area_mm2))
+        results.append(evaluate_labels(Path(folder).name, k, labels, reference[k], volume.pixel_area_mm2, "site_"))
     return results
 
 
