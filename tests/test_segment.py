@@ -174,6 +174,8 @@ def _spine_with_contrast_bowel(level: str) -> tuple[np.ndarray, dict[str, np.nda
 
     ``"disc"``: a disc (90 HU) with its neural arch behind it, the bowel far in front.
     ``"body"``: a vertebral body with a separate arch, the bowel against the body's side.
+    ``"side"``: the same vertebra, the bowel 77 mm to the side at the body's level, no
+    bone behind it.
     """
     shape = (200, 200)
     hu = np.full(shape, 40.0)
@@ -187,13 +189,16 @@ def _spine_with_contrast_bowel(level: str) -> tuple[np.ndarray, dict[str, np.nda
     else:
         front = _ellipse(shape, (95, 100), (15, 20))
         hu[front] = 250.0
-        bowel = _ellipse(shape, (70, 140), (20, 26)) & ~front
+        if level == "body":
+            bowel = _ellipse(shape, (70, 140), (20, 26)) & ~front
+        else:
+            bowel = _ellipse(shape, (90, 48), (20, 24))
     hu[arch] = 500.0
     hu[bowel] = 300.0
     return hu, {"front": front, "arch": arch, "bowel": bowel}
 
 
-@pytest.mark.parametrize("level", ["disc", "body"])
+@pytest.mark.parametrize("level", ["disc", "body", "side"])
 def test_contrast_bowel_larger_than_the_vertebra_is_not_the_vertebra(level):
     hu, parts = _spine_with_contrast_bowel(level)
     spine = find_vertebra(hu, hu >= 150.0, (1.5, 1.5))
