@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--first-seed", type=int, default=0, help="first phantom seed")
     evaluate.add_argument("--workers", type=int, default=1, help="l3: processes for phantom cases")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"))
+    evaluate.add_argument("--config", type=Path, default=None,
+                          help="seg: segment with this file's analysis settings (HU ranges, imat_edge)")
     evaluate.set_defaults(func=_evaluate)
     return parser
 
@@ -190,10 +192,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         return main_evaluate_l3(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant,
                                 phantoms_per_class=args.phantoms_per_class, first_seed=args.first_seed,
                                 workers=args.workers)
+    from l3node.config import load_config
     from l3node.train.evaluate_seg import main_evaluate_seg
 
+    analysis = load_config(args.config).analysis  # ConfigError -> every problem, exit 2
     return int(main_evaluate_seg(args.cases, args.out, phantoms_per_variant=args.phantoms_per_variant,
-                                 first_seed=args.first_seed) or 0)
+                                 first_seed=args.first_seed, config=analysis) or 0)
 
 
 def _train(args: argparse.Namespace) -> int:

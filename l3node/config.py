@@ -121,6 +121,11 @@ class AnalysisConfig(_Model):
     l3_second_opinion: bool = Field(
         default=True, description="check the anatomy's L3 with the L3 network; disagreement lowers confidence"
     )
+    imat_edge: Literal["fat_depot", "outline"] = Field(
+        default="fat_depot",
+        description="fat-range pixels on the muscle's own edge: counted with the fat beside them (fat_depot), "
+        "or as IMAT where their centre lies inside the muscle outline (outline: outline, then threshold)",
+    )
     segmentation: Literal["classical", "network"] = Field(
         default="classical", description="HU ranges + compartment geometry, or the tissue U-Net"
     )

@@ -135,6 +135,14 @@ def test_sets_without_attenuation_cutoff_say_so(name):
     assert any("no muscle-attenuation cut-off" in note for note in result.notes)
 
 
+def test_imat_edge_convention_is_said_when_not_the_default():
+    patient = PatientFacts(sex="M", height_m=1.8, weight_kg=80.0)
+    default = measure(*_muscle_plane(40.0, 5000), 1.0, patient)
+    outline = measure(*_muscle_plane(40.0, 5000), 1.0, patient, AnalysisConfig(imat_edge="outline"))
+    assert not any("imat_edge" in note for note in default.notes)
+    assert any("imat_edge: outline" in note for note in outline.notes)
+
+
 def test_cutoff_functions_raise_with_reason():
     with pytest.raises(CutoffNotApplicable, match="PatientSex missing"):
         smi_cutoff("martin2013", None, 22.0)

@@ -131,6 +131,38 @@ def test_drawn_slice_fat_against_the_wall_is_visceral(drawn):
     assert (labels[vat] == Tissue.VAT).mean() > 0.95
 
 
+def _fatty_blurred_slice() -> tuple[np.ndarray, np.ndarray]:
+    """The drawn slice with fat-infiltrated muscle (0 HU) blurred by the scanner (sigma
+    1 pixel): the midpoint between muscle and fat (-50 HU) lies in the fat range, so the
+    muscle's edge pixels whose centre is inside it read as fat."""
+    hu, truth = _drawn_slice()
+    muscle = truth == Tissue.SKELETAL_MUSCLE
+    return ndi.gaussian_filter(np.where(muscle, 0.0, hu), 1.0), muscle
+
+
+def test_muscle_edge_read_as_fat_follows_the_imat_edge_setting():
+    hu, muscle = _fatty_blurred_slice()
+    fat = (hu >= -190.0) & (hu <= -30.0)
+    sat_side = ndi.binary_dilation(_ellipse(hu.shape, (115, 150), (93, 123)) & ~_ellipse(hu.shape, (115, 150), (80, 110)))
+    inner_edge = muscle & fat & ~sat_side  # centre inside the muscle, against VAT
+    outer_edge = muscle & fat & sat_side  # against SAT
+    outside = fat & ~muscle & ndi.binary_dilation(muscle) & ~sat_side  # centre in the VAT
+    assert inner_edge.sum() >= 100 and outer_edge.sum() >= 100 and outside.sum() >= 300
+    depot = segment_slice(hu, (PIXEL_MM, PIXEL_MM), AnalysisConfig(imat_edge="fat_depot"))
+    outline = segment_slice(hu, (PIXEL_MM, PIXEL_MM), AnalysisConfig(imat_edge="outline"))
+    # fat_depot: the edge goes with the fat beside it.
+    assert (depot[inner_edge] == Tissue.VAT).mean() > 0.9
+    assert (depot[outer_edge] == Tissue.SAT).mean() > 0.9
+    # outline: inside the muscle's outline it is IMAT, on both sides ...
+    assert (outline[inner_edge] == Tissue.IMAT).mean() > 0.7, np.bincount(outline[inner_edge], minlength=5)
+    assert (outline[outer_edge] == Tissue.IMAT).mean() > 0.7, np.bincount(outline[outer_edge], minlength=5)
+    # ... and fat whose centre lies outside, touching the muscle, stays VAT.
+    assert (outline[outside] == Tissue.IMAT).mean() < 0.1
+    assert (outline[outside] == Tissue.VAT).mean() > 0.85
+    # Muscle itself is the same either way.
+    assert np.array_equal(depot == Tissue.SKELETAL_MUSCLE, outline == Tissue.SKELETAL_MUSCLE)
+
+
 def _open_arch(gap_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A vertebra at 3 mm pixels whose arch is open: body, two pedicles, a spinous
     process ``gap_px`` behind the canal, muscle-range canal content, muscle around."""

@@ -11,7 +11,16 @@ from scipy import ndimage as ndi
 
 from l3node.analysis.slice_vertebra import SpinePlane
 
-__all__ = ["IMAT_POCKET_MAX_MM2", "POCKET_MUSCLE_SHARE", "SPINE_POCKET_MM", "imat_compartment", "paraspinal_pockets"]
+__all__ = [
+    "IMAT_POCKET_MAX_MM2",
+    "POCKET_MUSCLE_SHARE",
+    "RIM_LEVEL_MM",
+    "RIM_SMOOTH_PX",
+    "SPINE_POCKET_MM",
+    "imat_compartment",
+    "muscle_rim_fat",
+    "paraspinal_pockets",
+]
 
 IMAT_POCKET_MAX_MM2 = 500.0
 """Fat enclosed by muscle in pockets up to this size is IMAT; larger is a cavity (VAT)."""
@@ -23,6 +32,16 @@ POCKET_MUSCLE_SHARE = 0.5
 """... if at least this share of their rim is muscle: a pocket between oral-contrast bowel
 (which can join the vertebra's mask) and the wall is visceral (phantom normal seed 3:
 3 cm^2 of VAT lost without this)."""
+RIM_LEVEL_MM = 8.0
+"""Window (side, mm) over which the local muscle and fat levels of :func:`muscle_rim_fat`
+are averaged."""
+RIM_SMOOTH_PX = 0.8
+"""Gaussian sigma (pixels) of the light smoothing :func:`muscle_rim_fat` compares with the
+local midpoint: it pools a pixel with its neighbours across the edge without moving the
+edge (104 development phantoms, IMAT Dice: 0.6 px 0.9123, 0.8 px 0.9126, 1.0 px 0.9114;
+a 3 x 3 mean 0.905)."""
+
+_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 def imat_compartment(muscle: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
@@ -94,3 +113,64 @@ def paraspinal_pockets(muscle: np.ndarray, spine: SpinePlane, pixel_mm: tuple[fl
     muscle_share = ndi.mean(muscle[ring], ring_labels[ring], index)
     keep = (areas <= IMAT_POCKET_MAX_MM2) & near & (muscle_share >= POCKET_MUSCLE_SHARE)
     return np.concatenate([[False], keep])[labelled]
+
+
+def muscle_rim_fat(
+    hu: np.ndarray,
+    muscle: np.ndarray,
+    fat_label: np.ndarray,
+    candidates: np.ndarray,
+    pixel_mm: tuple[float, float],
+) -> np.ndarray:
+    """Fat-range pixels on the muscle's edge whose centre lies inside the muscle outline.
+
+    The reference convention (an outline drawn around the muscle, then thresholded:
+    fat-range pixels inside the outline are IMAT) counts the muscle's own edge pixels
+    that partial volume and noise pushed below the fat limit as IMAT. Where muscle is
+    fat-infiltrated (20 HU against fat at -100 HU: the midpoint lies at -40 HU, in the
+    fat range) that is a whole ring of pixels. A candidate touching the muscle (4-connected)
+    lies inside the outline when, lightly smoothed (``RIM_SMOOTH_PX``), it is nearer the
+    local muscle level than the local fat level (each averaged over ``RIM_LEVEL_MM``,
+    away from the edge).
+
+    Parameters
+    ----------
+    hu:
+        The slice in HU.
+    muscle:
+        Skeletal muscle pixels.
+    fat_label:
+        Pixels labelled fat of any kind (IMAT, VAT, SAT): the fat level is taken there.
+    candidates:
+        Fat-range pixels that may move to IMAT (labelled VAT or SAT).
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        The candidates that are IMAT.
+    """
+    edge = ndi.binary_dilation(muscle, structure=_CROSS) & ~muscle & candidates
+    if not edge.any():
+        return edge
+    size = max(3, int(round(RIM_LEVEL_MM / min(pixel_mm))) | 1)
+    values = hu.astype(np.float32)
+    muscle_level = _local_mean(values, ndi.binary_erosion(muscle, structure=_CROSS), size)
+    fat_level = _local_mean(values, ndi.binary_erosion(fat_label, structure=_CROSS), size)
+    if muscle_level is None or fat_level is None:
+        return np.zeros_like(edge)
+    smooth = ndi.gaussian_filter(values, RIM_SMOOTH_PX)
+    return edge & (smooth >= (muscle_level + fat_level) / 2)
+
+
+
+def _local_mean(values: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray | None:
+    """Mean of ``values`` over ``mask`` in a ``size`` window around every pixel; the
+    mask's overall median where the window holds none of it. None for an empty mask."""
+    if not mask.any():
+        return None
+    weight = ndi.uniform_filter(mask.astype(np.float32), size)
+    total = ndi.uniform_filter(np.where(mask, values, 0.0).astype(np.float32), size)
+    covered = weight > 1e-3
+    return np.where(covered, total / np.maximum(weight, 1e-6), np.float32(np.median(values[mask])))

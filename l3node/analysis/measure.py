@@ -85,7 +85,8 @@ def measure(
     patient:
         Sex, height, weight; missing values are said in the notes.
     config:
-        Gives ``cutoff_set``; defaults to :class:`~l3node.config.AnalysisConfig`.
+        Gives ``cutoff_set`` (and ``imat_edge``, said in the notes when not the default);
+        defaults to :class:`~l3node.config.AnalysisConfig`.
 
     Returns
     -------
@@ -147,6 +148,9 @@ def measure(
             attenuation_rule = cutoff.rule
             if muscle_hu < cutoff.value:
                 flags.append(LOW_MUSCLE_ATTENUATION)
+
+    if config.imat_edge == "outline" and config.segmentation == "classical":
+        notes.append("IMAT includes the muscle's edge pixels in the fat range inside its outline (imat_edge: outline)")
 
     return Measurements(
         tissues=tissues,

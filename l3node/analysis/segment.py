@@ -61,6 +61,10 @@ lives in the module named. The steps of :func:`segment_slice`:
    vertebra, in those pockets and within ``GAS_MARGIN_MM`` of bowel gas (partial volume, stool);
    fat-range pixels outside the fascia, below the skin, are SAT. Skin, bone,
    organs, table and arms are 0. Fat straddling the fascia and touching SAT is SAT.
+   With ``config.imat_edge`` = ``"outline"``, fat-range pixels touching muscle whose
+   centre lies inside the muscle's outline (nearer the local muscle level than the fat
+   level once lightly smoothed) are IMAT
+   (:func:`~l3node.analysis.fat_pockets.muscle_rim_fat`), as a drawn outline counts them.
 
 Slices are ``(row, col)`` in the convention of :mod:`l3node.analysis.volume`; all
 sizes are in mm so the same rules hold from 0.6 mm to 3 mm pixels.
@@ -100,7 +104,7 @@ from l3node.analysis.compartments import (
     smoothed_hu,
     soft_tissue_hu,
 )
-from l3node.analysis.fat_pockets import imat_compartment, paraspinal_pockets
+from l3node.analysis.fat_pockets import imat_compartment, muscle_rim_fat, paraspinal_pockets
 from l3node.analysis.slice_vertebra import BONE_HU, CORTEX_BLUR_MM, around_spine, find_vertebra
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, axial_plane
@@ -242,6 +246,13 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     sat_edge = fat_hu & inside & (geometry.rho >= fascia_at - max(dy, dx)) & ~compartment & ndi.binary_dilation(sat)
     sat |= sat_edge
     vat &= ~sat_edge
+    if config.imat_edge == "outline":
+        # The muscle's own edge pixels that partial volume put in the fat range are IMAT,
+        # as inside a drawn outline (fat-infiltrated muscle: a whole ring of them).
+        rim = muscle_rim_fat(hu, muscle, imat | vat | sat, vat | sat, (dy, dx))
+        imat |= rim
+        vat &= ~rim
+        sat &= ~rim
 
     labels[sat] = Tissue.SAT
     labels[vat] = Tissue.VAT

@@ -336,13 +336,15 @@ def phantom_case_specs(per_variant: int, first_seed: int = 0) -> list[str]:
 
 
 def main_evaluate_seg(cases: Iterable[str | Path], out: str | Path, phantoms_per_variant: int = 0,
-                      first_seed: int = 0) -> int:
-    """Entry point of ``l3node evaluate seg CASES... [--phantoms-per-variant N] [--first-seed S] [--out DIR]``.
+                      first_seed: int = 0, config: AnalysisConfig | None = None) -> int:
+    """Entry point of ``l3node evaluate seg CASES... [--phantoms-per-variant N] [--first-seed S] [--out DIR]
+    [--config FILE]``.
 
     Cases are folder specifications or ``phantom:<variant>:<seed>`` (see module
     docstring). ``phantoms_per_variant`` N > 0 adds seeds S..S+N-1 of every phantom
     variant (held-out sets: a ``first_seed`` never used in development); with no cases
-    at all, seed S of every variant is used. Returns 0, or
+    at all, seed S of every variant is used; ``config`` gives the analysis settings
+    (defaults: :class:`~l3node.config.AnalysisConfig`). Returns 0, or
     2 after printing why a case could not be evaluated.
 
     Raises
@@ -353,7 +355,7 @@ def main_evaluate_seg(cases: Iterable[str | Path], out: str | Path, phantoms_per
     specs = [str(case) for case in cases]
     specs += phantom_case_specs(phantoms_per_variant if phantoms_per_variant > 0 else (0 if specs else 1), first_seed)
     try:
-        summary = evaluate_and_report(specs, out)
+        summary = evaluate_and_report(specs, out, config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
