@@ -80,3 +80,13 @@ def test_check_config_command(tmp_path, capsys):
     notyaml = tmp_path / "list.yaml"
     notyaml.write_text("- just\n- a list\n")
     assert main(["check-config", str(notyaml)]) == 2
+
+
+def test_evaluate_seg_reads_the_analysis_settings(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("analysis:\n  imat_edge: rim\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "seg", "phantom:normal:0", "--config", str(broken), "--out", str(out)]) == 2
+    assert "analysis.imat_edge" in capsys.readouterr().err
+    assert not out.exists(), "nothing evaluated with a broken configuration"
+    assert parse_config({"analysis": {"imat_edge": "outline"}}).analysis.imat_edge == "outline"
