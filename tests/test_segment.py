@@ -208,6 +208,8 @@ def _spine_with_contrast_bowel(level: str) -> tuple[np.ndarray, dict[str, np.nda
     ``"body"``: a vertebral body with a separate arch, the bowel against the body's side.
     ``"side"``: the same vertebra, the bowel 77 mm to the side at the body's level, no
     bone behind it.
+    ``"stacked"``: the disc and a wider arch; beside the disc a smaller loop 28 mm in front
+    of the arch, and a loop 42 mm in front of that one (the first was taken for the arch).
     """
     shape = (200, 200)
     hu = np.full(shape, 40.0)
@@ -218,6 +220,11 @@ def _spine_with_contrast_bowel(level: str) -> tuple[np.ndarray, dict[str, np.nda
         front = _ellipse(shape, (100, 100), (14, 20))
         hu[front] = 90.0
         bowel = _ellipse(shape, (50, 100), (18, 24))
+    elif level == "stacked":
+        front = _ellipse(shape, (100, 100), (14, 16))
+        hu[front] = 90.0
+        arch[118:124, 75:127] = True
+        bowel = _ellipse(shape, (91, 126), (8, 8)) | _ellipse(shape, (45, 126), (10, 12))
     else:
         front = _ellipse(shape, (95, 100), (15, 20))
         hu[front] = 250.0
@@ -230,7 +237,7 @@ def _spine_with_contrast_bowel(level: str) -> tuple[np.ndarray, dict[str, np.nda
     return hu, {"front": front, "arch": arch, "bowel": bowel}
 
 
-@pytest.mark.parametrize("level", ["disc", "body", "side"])
+@pytest.mark.parametrize("level", ["disc", "body", "side", "stacked"])
 def test_contrast_bowel_larger_than_the_vertebra_is_not_the_vertebra(level):
     hu, parts = _spine_with_contrast_bowel(level)
     spine = find_vertebra(hu, hu >= 150.0, (1.5, 1.5))

@@ -328,7 +328,8 @@ def _main_piece(
     columns, is more than ``VERTEBRA_GATHER_MM`` away: that piece is a neural
     arch (on a slice through a disc it can be the only bone of the vertebra, and
     contrast-filled bowel in front of the disc larger than it) if it is centred
-    within ``ARCH_MIDLINE_MM`` of ``midline_col``. An enhanced aorta
+    within ``ARCH_MIDLINE_MM`` of ``midline_col`` and has no such piece behind it
+    itself (a loop behind another loop, in front of the real arch). An enhanced aorta
     lies right in front of the vertebral body and is not affected. When some
     piece is in front, the main piece is the largest of the others centred
     within an arch's columns; of those, the largest centred within
@@ -342,11 +343,18 @@ def _main_piece(
     in_front: set[int] = set()
     arches: set[int] = set()
     centre_cols = dict(zip(labels, (c for _, c in ndi.center_of_mass(labelled > 0, labelled, labels))))
-    near_midline = [j for j in labels if abs(centre_cols[j] - midline_col) * pixel_mm[1] <= ARCH_MIDLINE_MM]
+
+    def wholly_behind(j: int, i: int) -> bool:
+        """Piece ``j`` is an arch-sized piece wholly behind ``i``, overlapping its columns."""
+        return (j != i and sizes_mm2[j] >= ARCH_MIN_MM2 and extent[j][0] > extent[i][1]
+                and extent[j][2] <= extent[i][3] and extent[j][3] >= extent[i][2])
+
+    # The arch is the rearmost bone: a piece with another wholly behind it is none (a
+    # contrast-filled loop behind another loop, in front of the real arch).
+    near_midline = [j for j in labels if abs(centre_cols[j] - midline_col) * pixel_mm[1] <= ARCH_MIDLINE_MM
+                    and not any(wholly_behind(k, j) for k in labels)]
     for i in labels:
-        _, bottom, left, right = extent[i]
-        behind = [j for j in near_midline if j != i and sizes_mm2[j] >= ARCH_MIN_MM2 and extent[j][0] > bottom
-                  and extent[j][2] <= right and extent[j][3] >= left]
+        behind = [j for j in near_midline if wholly_behind(j, i)]
         if behind:
             away = ndi.distance_transform_edt(labelled != i, sampling=pixel_mm)
             gaps = {j: float(away[labelled == j].min()) for j in behind}
