@@ -18,7 +18,7 @@ from l3node.analysis.split_bodies import split_at_necks
 
 __all__ = [
     "BOWEL_WALL_MM", "FASCIA_BAND_MM", "GAS_HU", "GAS_MARGIN_MM", "WALL_FLUID_DELTA_HU", "back_muscle_hu",
-    "fluid_bodies", "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "smoothed_hu",
+    "fluid_bodies", "masked_mean", "muscle_compartments", "muscle_reference_hu", "organs_and_fluid", "smoothed_hu",
     "soft_tissue_hu",
 ]
 
@@ -166,9 +166,23 @@ def soft_tissue_hu(hu: np.ndarray, soft: np.ndarray, pixel_mm: tuple[float, floa
         with the plain HU where no soft pixel is near.
     """
     size = max(3, int(round(5.0 / min(pixel_mm))) | 1)
-    weight = ndi.uniform_filter(soft.astype(np.float32), size=size)
-    total = ndi.uniform_filter(np.where(soft, hu, 0.0).astype(np.float32), size=size)
-    return np.where(weight > 0, total / np.maximum(weight, 1e-6), hu).astype(np.float32)
+    return masked_mean(hu, soft, size, fallback=hu)
+
+
+def masked_mean(values: np.ndarray, mask: np.ndarray, size: int, fallback: np.ndarray | float) -> np.ndarray:
+    """Mean of ``values`` over the ``mask`` pixels of a ``size`` x ``size`` window around
+    every pixel (normalised convolution); ``fallback`` where the window holds none.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape of ``values``.
+    """
+    weight = ndi.uniform_filter(mask.astype(np.float32), size=size)
+    total = ndi.uniform_filter(np.where(mask, values, 0.0).astype(np.float32), size=size)
+    # One mask pixel in the window weighs at least 1 / size^2; less is rounding residue.
+    covered = weight > 1e-3
+    return np.where(covered, total / np.maximum(weight, 1e-6), fallback).astype(np.float32)
 
 
 def organs_and_fluid(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from l3node.analysis.compartments import masked_mean
 from l3node.analysis.slice_vertebra import SpinePlane
 
 __all__ = [
@@ -156,21 +157,12 @@ def muscle_rim_fat(
         return edge
     size = max(3, int(round(RIM_LEVEL_MM / min(pixel_mm))) | 1)
     values = hu.astype(np.float32)
-    muscle_level = _local_mean(values, ndi.binary_erosion(muscle, structure=_CROSS), size)
-    fat_level = _local_mean(values, ndi.binary_erosion(fat_label, structure=_CROSS), size)
-    if muscle_level is None or fat_level is None:
+    muscle_core = ndi.binary_erosion(muscle, structure=_CROSS)
+    fat_core = ndi.binary_erosion(fat_label, structure=_CROSS)
+    if not muscle_core.any() or not fat_core.any():
         return np.zeros_like(edge)
+    # Away from any core pixel, the level of the whole slice.
+    muscle_level = masked_mean(values, muscle_core, size, fallback=float(np.median(values[muscle_core])))
+    fat_level = masked_mean(values, fat_core, size, fallback=float(np.median(values[fat_core])))
     smooth = ndi.gaussian_filter(values, RIM_SMOOTH_PX)
     return edge & (smooth >= (muscle_level + fat_level) / 2)
-
-
-
-def _local_mean(values: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray | None:
-    """Mean of ``values`` over ``mask`` in a ``size`` window around every pixel; the
-    mask's overall median where the window holds none of it. None for an empty mask."""
-    if not mask.any():
-        return None
-    weight = ndi.uniform_filter(mask.astype(np.float32), size)
-    total = ndi.uniform_filter(np.where(mask, values, 0.0).astype(np.float32), size)
-    covered = weight > 1e-3
-    return np.where(covered, total / np.maximum(weight, 1e-6), np.float32(np.median(values[mask])))
