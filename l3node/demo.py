@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from PIL import Image
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
+from l3node.analysis.tissues import Tissue
+from l3node.analysis.volume import from_sitk
 from l3node.config import Config, parse_config
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -184,8 +187,9 @@ def run_demo(out: Path, variant: str = "normal", seed: int = 1, timeout_s: float
     print(f"4. {len(results)} objects came back in {elapsed:.1f} s (quiet period 1 s included):")
     for ds in results:
         print(f"   - {ds.SOPClassUID.name:45s} series {ds.SeriesNumber}: {ds.SeriesDescription}")
-    _print_l3(out / "var", truth)
-    _print_table(results, truth)
+    measured = _measured_slice(out / "var", series_dir)
+    _print_l3(out / "var", truth, measured)
+    _print_table(results, truth, _truth_areas_at(study, measured))
     sc = next((ds for ds in results if ds.SOPClassUID in SC_SOP_CLASSES), None)
     if sc is not None:
         print(f"   overlay image: {overlay_png(sc, out / 'overlay.png')}")
@@ -217,27 +221,62 @@ def _is_declined(ds: pydicom.Dataset) -> bool:
     return str(ds.SOPClassUID) in SR_SOP_CLASSES and "declined" in str(getattr(ds, "SeriesDescription", "")).lower()
 
 
-def _print_l3(storage_root: Path, truth: dict) -> None:
-    """The node's L3 finding (from its results.json) next to the phantom's truth."""
+def _latest_l3(storage_root: Path) -> dict | None:
     found = sorted(storage_root.rglob("results.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    return json.loads(found[-1].read_text())["l3"] if found else None
+
+
+def _measured_slice(storage_root: Path, series_dir: Path) -> float | None:
+    """Patient z (mm) of the CT slice the node measured, from its SOP Instance UID."""
+    l3 = _latest_l3(storage_root)
+    uid = l3.get("sop_instance_uid") if l3 else None
+    if not uid:
+        return None
+    for path in series_dir.glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.SOPInstanceUID == uid:
+            return float(ds.ImagePositionPatient[2])
+    return None
+
+
+def _truth_areas_at(study: Path, z_mm: float | None) -> dict[str, float] | None:
+    """The phantom's exact tissue areas (cm²) on the slice at ``z_mm`` (``tissues.nii.gz``).
+
+    The node measures the slice nearest its own endplate estimate, which may be the
+    neighbour of the truth's L3 slice; areas change from slice to slice (VAT by several
+    cm² per 3 mm), so the comparison is made on the slice that was measured.
+    """
+    path = study / "nifti" / "tissues.nii.gz"
+    if z_mm is None or not path.exists():
+        return None
+    labels = from_sitk(sitk.ReadImage(str(path)), hu=False)
+    plane = labels.hu[labels.slice_index_at(z_mm)]
+    cm2 = labels.pixel_area_mm2 / 100.0
+    return {tissue.key: float((plane == tissue).sum()) * cm2 for tissue in Tissue}
+
+
+def _print_l3(storage_root: Path, truth: dict, measured_z_mm: float | None) -> None:
+    """The node's L3 finding (from its results.json) next to the phantom's truth."""
+    l3 = _latest_l3(storage_root)
+    if l3 is None:
         return
-    l3 = json.loads(found[-1].read_text())["l3"]
     print()
     print(f"   L3 inferior endplate: found z = {l3['z_mm']} mm ({l3['status']}, confidence {l3['confidence']}, "
           f"variant {l3['variant']}); truth z = {truth.get('l3_inferior_endplate_z_mm')} mm "
           f"(variant {truth.get('variant')})")
     print(f"   how: {l3['method']}")
+    if measured_z_mm is not None:
+        print(f"   measured on the slice at z = {measured_z_mm:.2f} mm; truth areas below are of that same slice")
 
 
-def _print_table(results: list[pydicom.Dataset], truth: dict) -> None:
+def _print_table(results: list[pydicom.Dataset], truth: dict, truth_areas: dict[str, float] | None = None) -> None:
     sr = next((ds for ds in results if ds.SOPClassUID in SR_SOP_CLASSES), None)
     if sr is None:
         return
     numbers = sr_numbers(sr)
     print()
     print(f"   {'tissue':38s} {'area cm2':>9s} {'truth cm2':>10s} {'mean HU':>8s}")
-    truth_areas = truth.get("areas_cm2", {})
+    truth_areas = truth_areas if truth_areas is not None else truth.get("areas_cm2", {})
     keys = {"skeletal muscle": "skeletal_muscle", "intermuscular": "imat", "visceral": "vat", "subcutaneous": "sat"}
     for group, values in numbers.items():
         area = next((v for k, v in values.items() if k.lower().startswith("area")), None)
