@@ -234,6 +234,27 @@ def parse_config(data: dict | None) -> Config:
         raise ConfigError(_problems(exc)) from None
 
 
+def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
+    """Keys given twice in one mapping of a composed YAML document, each with its path and lines."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            child = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    problems.append(f"{child}: given twice (lines {first_line[key]} and {line}); keep one")
+                else:
+                    first_line[key] = line
+            problems += duplicate_keys(value_node, child)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}.{index}" if path else str(index))
+    return problems
+
+
 def load_config(path: str | Path | None) -> Config:
     """Load and validate a YAML configuration file; ``None`` gives the defaults.
 
@@ -243,7 +264,7 @@ def load_config(path: str | Path | None) -> Config:
     Raises
     ------
     ConfigError
-        If the file is missing, is not YAML, or has invalid values.
+        If the file is missing, is not YAML, gives a key twice, or has invalid values.
     """
     if path is None:
         return Config()
@@ -253,9 +274,14 @@ def load_config(path: str | Path | None) -> Config:
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
     try:
+        duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: not valid YAML: {exc}"]) from None
+    if duplicates:
+        # YAML itself lets the last one win, silently: an administrator who added a
+        # second `port:` or `destinations:` would run with half of what they wrote.
+        raise ConfigError(duplicates)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(["<root>: the file must hold a mapping of sections"])
     return parse_config(data)

@@ -59,6 +59,24 @@ def test_duplicate_destination_names_are_refused():
         parse_config({"destinations": [{"name": "pacs", "ae_title": "A", "host": "h", "port": 1}] * 2})
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    # Plain YAML keeps the last value silently: the node would run on the port the
+    # administrator meant to replace, or with one destination of two.
+    text = (REPO / "config.yaml").read_text()
+    text += "\nanalysis:\n  imat_edge: outline\n"
+    text = text.replace("  port: 11112\n", "  port: 11112\n  port: 104\n", 1)
+    text += "destinations:\n  - {name: a, ae_title: A, host: h, port: 1, port: 2}\n"
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    paths = [p.split(":")[0] for p in info.value.problems]
+    assert paths == ["node.port", "analysis", "destinations", "destinations.0.port"]
+    assert all("given twice (lines" in p for p in info.value.problems)
+    n_lines = len(text.splitlines())
+    assert f"and {n_lines})" in info.value.problems[-1]  # the last line of the file: the second `port`
+
+
 def test_destination_type_defaults_to_dimse():
     config = parse_config({"destinations": [{"name": "p", "ae_title": "A", "host": "h", "port": 1}]})
     assert config.destinations[0].type == "dimse"
