@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from l3node.config import Config
 from l3node.errors import SeriesRejected, StudyDeclined
 from l3node.logs import get_logger
 from l3node.node.select_series import select_series
+from l3node.node.spool import InvalidUID, check_uid
 from l3node.outputs import AlgorithmInfo, fallback_algorithm_info, load_algorithm_info, make_declined_sr, make_overlay, make_seg, make_sr
 
 log = get_logger(__name__)
@@ -156,12 +157,14 @@ def segmentation_algorithm(config: Config) -> AlgorithmInfo:
 def read_headers(study_dir: Path, rejected: dict[str, str]) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     """Headers (no pixels) of every readable DICOM file, grouped by SeriesInstanceUID.
 
-    Unreadable files are recorded in ``rejected`` under their file name.
+    Unreadable files, and files without the UIDs that place them in a study and series
+    (empty in files from some anonymisers; the SCP refuses such instances), are recorded
+    in ``rejected`` under their file name.
 
     Raises
     ------
     StudyDeclined
-        ``no_images`` when the folder holds no readable DICOM file.
+        ``no_images`` when the folder holds no usable DICOM file, with why.
     """
     by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for path in sorted(p for p in Path(study_dir).rglob("*") if p.is_file()):
@@ -169,13 +172,23 @@ def read_headers(study_dir: Path, rejected: dict[str, str]) -> dict[str, list[tu
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            series_uid = str(ds.SeriesInstanceUID)
         except (InvalidDicomError, AttributeError, EOFError, ValueError, OSError) as exc:
             rejected[f"file:{path.name}"] = f"unreadable: {type(exc).__name__}"
             continue
-        by_series[series_uid].append((path, ds))
+        bad_uids = []
+        for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            try:
+                check_uid(ds.get(name), name)
+            except InvalidUID as exc:
+                bad_uids.append(str(exc))
+        if bad_uids:
+            rejected[f"file:{path.name}"] = "unusable: " + ", ".join(bad_uids)
+            continue
+        by_series[str(ds.SeriesInstanceUID)].append((path, ds))
     if not by_series:
-        raise StudyDeclined("no_images", "no readable DICOM file in the study")
+        why = Counter(rejected.values()).most_common(2)
+        detail = "; ".join(f"{n} file(s) {reason}" for reason, n in why)
+        raise StudyDeclined("no_images", "no usable DICOM file in the study" + (f" ({detail})" if detail else ""))
     return dict(by_series)
 
 

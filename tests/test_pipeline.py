@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from l3node.cli import main
 from l3node.config import Config
@@ -77,12 +78,30 @@ def test_chest_only_study_is_declined_not_invented(tmp_path):
 
 @pytest.mark.skipif(not REAL_DICOM.is_dir(), reason="../shared/data/ts_example_ct_dicom not present")
 def test_real_jpeg2000_slices_are_declined_cleanly(tmp_path):
-    """20 real slices (JPEG 2000) are too few and too short for L3: a clear decline, no crash."""
-    assert main(["run", str(REAL_DICOM), "--out", str(tmp_path)]) == 3
-    results = json.loads((tmp_path / "results.json").read_text())
+    """20 real slices (JPEG 2000). As distributed their Study, Series and SOP Instance UIDs are
+    empty: declined as unusable files, saying which UIDs. With the UIDs a PACS would hold, they
+    are decoded and declined for the anatomy (40 mm of spine, no rib or sacrum to count from)."""
+    assert main(["run", str(REAL_DICOM), "--out", str(tmp_path / "as_is")]) == 3
+    results = json.loads((tmp_path / "as_is" / "results.json").read_text())
     assert results["status"] == "declined"
-    assert results["reason"].split(":")[0] in {"no_eligible_series", "l3_not_in_field_of_view"}
-    assert results["rejected_series"]
+    assert results["reason"].startswith("no_images: no usable DICOM file in the study (20 file(s) unusable: "
+                                        "StudyInstanceUID missing, SeriesInstanceUID missing, SOPInstanceUID missing")
+    assert results["outputs"] == {}  # no study to file a declined report in
+
+    study, series = tmp_path / "with_uids", (generate_uid(), generate_uid())
+    study.mkdir()
+    for path in sorted(REAL_DICOM.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = series
+        ds.save_as(study / path.name)
+    assert main(["run", str(study), "--out", str(tmp_path / "out")]) == 3
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["status"] == "declined"
+    assert results["reason"].split(":")[0] in {"l3_not_identified", "l3_not_in_field_of_view"}
+    assert results["rejected_series"] == {series[1]: results["reason"]}
+    assert "declined_sr" in results["outputs"]
 
 
 def test_enhanced_ct_is_declined_with_its_reason(phantom_study, tmp_path):
