@@ -127,7 +127,11 @@ def _check_config(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from l3node.service import serve
 
-    serve(_load(args.config))
+    try:
+        serve(_load(args.config))
+    except OSError as exc:  # port in use, storage root not writable: say so, no traceback
+        print(f"error: the node could not start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,21 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
 
 from l3node.config import Config, parse_config
-
-try:
-    from l3node.pipeline import StudyOutcome
-except ImportError:  # the pipeline module is mid-edit elsewhere; the node only reads these fields
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class StudyOutcome:  # type: ignore[no-redef]
-        status: str
-        reason: str
-        output_files: list = field(default_factory=list)
-        results: dict = field(default_factory=dict)
-        selected_series_uid: str | None = None
-        rejected_series: dict = field(default_factory=dict)
-        timings_s: dict = field(default_factory=dict)
+from l3node.pipeline import StudyOutcome
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -328,3 +328,24 @@ def test_done_studies_purged_after_retention(tmp_path, pacs):
         assert node.audit.studies(study)[0]["state"] == "done"  # the record stays
     finally:
         node.stop()
+
+
+def test_port_in_use_is_one_clear_error(tmp_path, capsys):
+    """`l3node serve` on a port another program holds: exit 1 with the address, no traceback."""
+    import socket
+
+    from l3node.cli import main
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        path = tmp_path / "node.yaml"
+        path.write_text(yaml.safe_dump({"node": {"bind_address": "127.0.0.1", "port": port},
+                                        "storage": {"root": str(tmp_path / "var")},
+                                        "logging": {"format": "console", "level": "WARNING"}}))
+        assert main(["serve", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: the node could not start:" in err
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "Traceback" not in err

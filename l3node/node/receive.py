@@ -187,7 +187,12 @@ class Receiver:
             (evt.EVT_C_STORE, self._on_store),
         ]
         ae = self._make_ae()
-        self.server = ae.start_server((self.config.node.bind_address, self.config.node.port), block=False, evt_handlers=handlers)
+        address = (self.config.node.bind_address, self.config.node.port)
+        try:
+            self.server = ae.start_server(address, block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc} "
+                                     "(is another node or DICOM service on that port? see node.port)") from exc
         log.info("receiver_started", ae_title=self.config.node.ae_title, port=self.port)
 
     def stop(self) -> None:
