@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from l3node.config import Config, DicomwebDestination, load_config
-from l3node.logs import configure, get_logger
+from l3node.config import Config, DicomwebDestination
+from l3node.logs import get_logger
 from l3node.node.assemble import count_instances, promote_ready
 from l3node.node.audit import Audit, StudyRef
 from l3node.node.db import Database
@@ -358,10 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m l3node.service CONFIG.yaml", file=sys.stderr)
         return 2
-    config = load_config(args[0])
-    configure(json=config.logging.format == "json", level=config.logging.level)
-    serve(config)
-    return 0
+    from l3node.cli import main as cli_main
+
+    return cli_main(["serve", args[0]])
 
 
 if __name__ == "__main__":
