@@ -30,7 +30,7 @@ from l3node import __version__
 from l3node.analysis.locate_l3 import L3Location, L3Status, locate_l3
 from l3node.analysis.measure import Measurements, measure, patient_facts_from_dataset
 from l3node.analysis.second_opinion import weigh_second_opinion
-from l3node.analysis.segment import segment_at_l3
+from l3node.analysis.segment import averaged_slices, segment_at_l3
 from l3node.analysis.slice_quality import check_slice
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, volume_from_files
@@ -299,6 +299,21 @@ def _write_results(
     )
 
 
+def _averaging_notes(volume: Volume, slice_index: int, config: Config) -> tuple[str, ...]:
+    """Say when the measurements are not those of the L3 slice alone (``analysis.average_slices_mm``)."""
+    if config.analysis.average_slices_mm <= 0:
+        return ()
+    if config.analysis.segmentation == "network":
+        return ("average_slices_mm ignored with segmentation: network (the L3 slice alone is measured)",)
+    indices = averaged_slices(volume, slice_index, config.analysis.average_slices_mm)
+    if len(indices) == 1:
+        return (f"average_slices_mm {config.analysis.average_slices_mm:g}: no other slice within that distance "
+                f"(spacing {volume.spacing_mm[0]:g} mm); the L3 slice alone is measured",)
+    z = volume.z_mm
+    return (f"measured on {len(indices)} slices within {config.analysis.average_slices_mm:g} mm of L3 "
+            f"(z {z[indices[0]]:.1f} to {z[indices[-1]]:.1f} mm): per-pixel majority label, HU averaged",)
+
+
 def _measure_and_write(
     item: _Analysed,
     config: Config,
@@ -327,7 +342,8 @@ def _measure_and_write(
         # The L3 slice itself (not an average): a body cut by the field of view, metal.
         quality = check_slice(volume.hu[l3.slice_index], volume.spacing_mm[1:])
         measurements = dataclasses.replace(measurements, quality_flags=quality.flags,
-                                           notes=(*measurements.notes, *quality.notes))
+                                           notes=(*measurements.notes, *_averaging_notes(volume, l3.slice_index, config),
+                                                  *quality.notes))
     source_labels = volume.to_source_pixels(labels)
     source_hu = volume.to_source_pixels(hu_plane)
     outputs: dict[str, dict] = {}

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from l3node.cli import main
-from l3node.config import Config
+from l3node.config import Config, parse_config
 from l3node.outputs.validate import dciodvfy_available, run_dciodvfy
 from l3node.phantom import main_phantom
 from l3node.pipeline import analyse_study
@@ -46,6 +46,30 @@ def test_phantom_study_gives_results_close_to_truth(phantom_study, analysed):
         results["tissues"]["skeletal_muscle"]["area_cm2"] / truth["patient"]["height_m"] ** 2, rel=1e-3)
     assert sorted(results["outputs"]) == ["overlay", "seg", "sr"]
     assert [p.name for p in outcome.output_files] == ["seg.dcm", "sr.dcm", "overlay.dcm"]
+
+
+def test_averaged_measurements_say_so(phantom_study, analysed, tmp_path):
+    """With analysis.average_slices_mm the report must not read as the L3 slice alone."""
+    single = json.loads((analysed[1] / "results.json").read_text())
+    config = parse_config({"analysis": {"average_slices_mm": 6}})
+    assert analyse_study(phantom_study, tmp_path, config).status == "done"
+    results = json.loads((tmp_path / "results.json").read_text())
+    note = next(n for n in results["notes"] if n.startswith("measured on 5 slices within 6 mm of L3"))
+    assert single["notes"] == [n for n in results["notes"] if n != note]  # nothing else said differently
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert note in _sr_texts(sr.ContentSequence)
+    # Five 3 mm slices around L3: close to, not identical with, the slice alone.
+    averaged, alone = results["tissues"]["skeletal_muscle"]["area_cm2"], single["tissues"]["skeletal_muscle"]["area_cm2"]
+    assert averaged != alone and averaged == pytest.approx(alone, rel=0.08)
+
+
+def _sr_texts(items) -> list[str]:
+    texts = []
+    for item in items:
+        if item.ValueType == "TEXT":
+            texts.append(str(item.TextValue))
+        texts += _sr_texts(getattr(item, "ContentSequence", []))
+    return texts
 
 
 def test_outputs_reference_the_analysed_slice(analysed):

@@ -110,7 +110,7 @@ from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, axial_plane
 from l3node.config import AnalysisConfig
 
-__all__ = ["body_mask", "segment_at_l3", "segment_slice"]
+__all__ = ["averaged_slices", "body_mask", "segment_at_l3", "segment_slice"]
 
 
 def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: AnalysisConfig | None = None) -> np.ndarray:
@@ -261,6 +261,13 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     return labels
 
 
+def averaged_slices(volume: Volume, slice_index: int, average_slices_mm: float) -> range:
+    """Indices of the slices whose centres lie within ``± average_slices_mm`` of ``slice_index``
+    (the slice alone at 0), clipped to the volume."""
+    half = int(np.floor(average_slices_mm / volume.spacing_mm[0] + 1e-6))
+    return range(max(0, slice_index - half), min(volume.shape[0], slice_index + half + 1))
+
+
 def segment_at_l3(volume: Volume, slice_index: int, config: AnalysisConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Segment the L3 slice, optionally averaged over neighbouring slices.
 
@@ -287,8 +294,7 @@ def segment_at_l3(volume: Volume, slice_index: int, config: AnalysisConfig | Non
     if not 0 <= slice_index < n:
         raise ValueError(f"slice index {slice_index} outside 0..{n - 1}")
     pixel_mm = (volume.spacing_mm[1], volume.spacing_mm[2])
-    half = int(np.floor(config.average_slices_mm / volume.spacing_mm[0] + 1e-6))
-    indices = range(max(0, slice_index - half), min(n, slice_index + half + 1))
+    indices = averaged_slices(volume, slice_index, config.average_slices_mm)
     if len(indices) == 1:
         plane = volume.hu[slice_index]
         return segment_slice(plane, pixel_mm, config), np.asarray(plane, np.float32)
