@@ -128,6 +128,19 @@ def test_real_jpeg2000_slices_are_declined_cleanly(tmp_path):
     assert "declined_sr" in results["outputs"]
 
 
+def test_a_truncated_slice_is_named_in_the_decline(phantom_study, tmp_path):
+    """`l3node run` on a copied series with one file cut short (the SCP refuses such files;
+    a folder on disk can still hold one): declined, naming the instance and the file."""
+    study = tmp_path / "study"
+    shutil.copytree(phantom_study / "dicom", study)
+    victim = sorted(study.glob("*.dcm"))[10]
+    number = pydicom.dcmread(victim, stop_before_pixels=True).InstanceNumber
+    victim.write_bytes(victim.read_bytes()[:-3000])
+    outcome = analyse_study(study, tmp_path / "out", Config())
+    assert outcome.status == "declined"
+    assert f"unreadable_pixels: instance {number} (file {victim.name}): ValueError" in outcome.reason
+
+
 def test_enhanced_ct_is_declined_with_its_reason(phantom_study, tmp_path):
     """A multi-frame CT (here Legacy Converted Enhanced, made by highdicom from the phantom's
     slices) is recognised and declined as such, not as 'one image'."""

@@ -289,12 +289,22 @@ def volume_from_files(
     Raises
     ------
     SeriesRejected
-        See :func:`check_geometry`.
+        See :func:`check_geometry`; ``unreadable_pixels`` naming the instance whose pixel
+        data cannot be decoded (truncated, unsupported compression).
     """
     geometry = check_geometry(headers, max_gap_ratio=max_gap_ratio)
     threads = min(4, os.cpu_count() or 1)
-    volume = _assemble(geometry, lambda i: _hu_plane(pydicom.dcmread(paths[i])),
-                       [ds.SOPInstanceUID for ds in headers], threads=threads)
+
+    def read_plane(i: int) -> np.ndarray:
+        try:
+            return _hu_plane(pydicom.dcmread(paths[i]))
+        except Exception as exc:  # truncated or undecodable pixel data: say which instance
+            raise SeriesRejected(
+                "unreadable_pixels",
+                f"instance {headers[i].get('InstanceNumber', '?')} (file {Path(paths[i]).name}): "
+                f"{type(exc).__name__}: {exc}") from exc
+
+    volume = _assemble(geometry, read_plane, [ds.SOPInstanceUID for ds in headers], threads=threads)
     return volume, [headers[i] for i in geometry.order]
 
 
