@@ -141,6 +141,22 @@ def test_a_truncated_slice_is_named_in_the_decline(phantom_study, tmp_path):
     assert f"unreadable_pixels: instance {number} (file {victim.name}): ValueError" in outcome.reason
 
 
+def test_values_not_in_hu_are_declined_as_such(phantom_study, tmp_path):
+    """A series without RescaleIntercept/Slope (air stored as 0) is refused for its HU scale,
+    not analysed into "no vertebral column found"."""
+    study = tmp_path / "study"
+    study.mkdir()
+    for path in sorted((phantom_study / "dicom").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        assert ds.RescaleIntercept == -1024 and ds.pixel_array.min() >= 0
+        del ds.RescaleIntercept, ds.RescaleSlope
+        ds.save_as(study / path.name)
+    outcome = analyse_study(study, tmp_path / "out", Config())
+    assert outcome.status == "declined"
+    assert "hu_scale: the lowest value is 0, where air should read about -1000 HU " \
+           "(RescaleIntercept missing, RescaleSlope missing)" in outcome.reason
+
+
 def test_enhanced_ct_is_declined_with_its_reason(phantom_study, tmp_path):
     """A multi-frame CT (here Legacy Converted Enhanced, made by highdicom from the phantom's
     slices) is recognised and declined as such, not as 'one image'."""

@@ -227,6 +227,30 @@ def axial_plane(hu: np.ndarray, pixel_mm: Sequence[float], caller: str) -> tuple
     return plane, (dy, dx)
 
 
+AIR_SEEN_BELOW_HU = -500.0
+"""A CT of the trunk holds air (outside the body, bowel gas, lungs) near -1000 HU; when
+nothing reads below this, the stored values are not in HU."""
+
+
+def check_hu_scale(volume: Volume, header: pydicom.Dataset) -> None:
+    """Refuse a volume whose values cannot be Hounsfield units (no air anywhere).
+
+    Without it, a series missing RescaleIntercept (air stored as 0) was declined as "no
+    vertebral column found", which sends the reader looking in the wrong place.
+
+    Raises
+    ------
+    SeriesRejected
+        ``hu_scale`` with the lowest value seen and the header's rescale attributes.
+    """
+    lowest = float(volume.hu[:, ::2, ::2].min())
+    if lowest <= AIR_SEEN_BELOW_HU:
+        return
+    rescale = ", ".join(f"{name} {header.get(name, 'missing')}" for name in ("RescaleIntercept", "RescaleSlope"))
+    raise SeriesRejected("hu_scale", f"the lowest value is {lowest:.0f}, where air should read about -1000 HU "
+                                     f"({rescale}): pixel values are not in HU")
+
+
 def _hu_plane(ds: pydicom.Dataset) -> np.ndarray:
     pixels = ds.pixel_array
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
@@ -270,7 +294,9 @@ def volume_from_datasets(datasets: Sequence[pydicom.Dataset], *, max_gap_ratio: 
         See :func:`check_geometry`.
     """
     geometry = check_geometry(datasets, max_gap_ratio=max_gap_ratio)
-    return _assemble(geometry, lambda i: _hu_plane(datasets[i]), [ds.SOPInstanceUID for ds in datasets])
+    volume = _assemble(geometry, lambda i: _hu_plane(datasets[i]), [ds.SOPInstanceUID for ds in datasets])
+    check_hu_scale(volume, datasets[0])
+    return volume
 
 
 def volume_from_files(
@@ -305,6 +331,7 @@ def volume_from_files(
                 f"{type(exc).__name__}: {exc}") from exc
 
     volume = _assemble(geometry, read_plane, [ds.SOPInstanceUID for ds in headers], threads=threads)
+    check_hu_scale(volume, headers[0])
     return volume, [headers[i] for i in geometry.order]
 
 
