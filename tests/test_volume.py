@@ -104,6 +104,17 @@ def test_bad_geometry_is_refused_with_a_reason(mutate, code):
     assert info.value.detail
 
 
+def test_duplicate_slices_are_located_in_the_reason():
+    series = _series()
+    series[2].InstanceNumber = 3
+    copy_of_third = copy.deepcopy(series[2])
+    copy_of_third.InstanceNumber = 99
+    with pytest.raises(SeriesRejected) as info:
+        check_geometry(series + [copy_of_third])
+    assert "the first at" in info.value.detail
+    assert "(instances 3 and 99)" in info.value.detail or "(instances 99 and 3)" in info.value.detail
+
+
 def test_missing_geometry_attributes_are_a_reason_not_a_crash():
     series = _series()
     del series[2].ImagePositionPatient

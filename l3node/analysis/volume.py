@@ -177,7 +177,11 @@ def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float =
     order = np.argsort(along)
     steps = np.diff(along[order])
     if np.any(steps < 1e-3):
-        raise SeriesRejected("duplicate_slices", "two or more slices share a position")
+        k = int(np.argmax(steps < 1e-3))
+        pair = [headers[int(i)].get("InstanceNumber", "?") for i in order[k : k + 2]]
+        raise SeriesRejected("duplicate_slices", f"slices share a position ({int(np.sum(steps < 1e-3))} duplicate(s)), "
+                             f"the first at {along[order[k]]:.1f} mm along the slice normal (instances "
+                             f"{pair[0]} and {pair[1]}): two reconstructions in one series?")
     step = float(np.median(steps))
     if np.any(steps > max_gap_ratio * step):
         gap_at = int(np.argmax(steps))
