@@ -104,9 +104,13 @@ def test_bad_geometry_is_refused_with_a_reason(mutate, code):
     assert info.value.detail
 
 
-def test_duplicate_slices_are_located_in_the_reason():
+def test_duplicates_and_gaps_are_located_in_the_reason():
     series = _series()
-    series[2].InstanceNumber = 3
+    for number, ds in enumerate(series, start=1):
+        ds.InstanceNumber = number
+    with pytest.raises(SeriesRejected) as info:
+        check_geometry(series[:2] + series[3:])
+    assert "between -97.5 and -92.5 mm along the slice normal (instances 2 and 4)" in info.value.detail
     copy_of_third = copy.deepcopy(series[2])
     copy_of_third.InstanceNumber = 99
     with pytest.raises(SeriesRejected) as info:

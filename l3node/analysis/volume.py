@@ -185,8 +185,11 @@ def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float =
     step = float(np.median(steps))
     if np.any(steps > max_gap_ratio * step):
         gap_at = int(np.argmax(steps))
+        pair = [headers[int(i)].get("InstanceNumber", "?") for i in order[gap_at : gap_at + 2]]
         raise SeriesRejected(
-            "missing_slices", f"gap of {steps[gap_at]:.2f} mm where spacing is {step:.2f} mm (slice {gap_at})"
+            "missing_slices", f"gap of {steps[gap_at]:.2f} mm where spacing is {step:.2f} mm, between "
+                              f"{along[order[gap_at]]:.1f} and {along[order[gap_at + 1]]:.1f} mm along the slice normal "
+                              f"(instances {pair[0]} and {pair[1]}): incomplete transfer?"
         )
     if np.any(np.abs(steps - step) > 0.1 * step):
         raise SeriesRejected("irregular_spacing", f"slice spacing varies {steps.min():.2f}..{steps.max():.2f} mm")
