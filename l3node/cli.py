@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
+    resend = sub.add_parser("resend", help="retry the sends that failed for good (after the destination is back)")
+    resend.add_argument("--config", type=Path, default=None)
+    resend.add_argument("--study", default=None, help="only this StudyInstanceUID")
+    resend.add_argument("--destination", default=None, help="only sends to this destination (its name)")
+    resend.set_defaults(func=_resend)
+
     phantom = sub.add_parser("phantom", help="write a synthetic CT study with known anatomy")
     phantom.add_argument("--variant", default="normal")
     phantom.add_argument("--seed", type=int, default=0)
@@ -159,6 +165,36 @@ def _status(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>20}: {value}")
+    return 0
+
+
+def _resend(args: argparse.Namespace) -> int:
+    from l3node.node.db import Database
+    from l3node.node.outbox import failed_rounds, requeue_failed
+    from l3node.node.spool import reopen_failed_round
+
+    config = _load(args.config)
+    path = config.storage.root / "audit.db"
+    if not path.is_file():
+        print(f"error: no audit database at {path}", file=sys.stderr)
+        return 2
+    names = [d.name for d in config.destinations]
+    if args.destination is not None and args.destination not in names:
+        print(f"error: no destination named {args.destination!r} (configured: {', '.join(names) or 'none'})",
+              file=sys.stderr)
+        return 2
+    db = Database(path)
+    try:
+        rounds = failed_rounds(db, args.study, args.destination)
+        for r in rounds:  # the spool first: a sender finishing the round moves it from work/
+            reopen_failed_round(config.storage.root, r["study_uid"], r["round"])
+        requeued = requeue_failed(db, rounds, args.destination)
+    finally:
+        db.close()
+    for r in rounds:
+        print(f"{r['study_uid']} round {r['round']}: {r['sends']} send(s) requeued")
+    print(f"{requeued} send(s) of {len(rounds)} round(s) requeued; a running node sends them now, "
+          "a stopped one when it starts")
     return 0
 
 

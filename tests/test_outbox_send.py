@@ -11,6 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
@@ -22,6 +23,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
+from l3node.cli import main
 from l3node.config import DicomwebDestination, DimseDestination, SendingConfig
 from l3node.node.audit import status_summary
 from l3node.node.outbox import OutputFile, backoff_s
@@ -140,6 +142,47 @@ def test_max_attempts_ends_in_failed(tmp_path):
         assert status_summary(node.config.storage.root) == summary  # as `l3node status` reads it
     finally:
         node.stop()
+
+
+def test_resend_delivers_what_failed_for_good_once_the_pacs_is_back(tmp_path, capsys):
+    """The PACS was down longer than the retries last: the round ends failed. After it is
+    back, `l3node resend` (another process, beside the running node) requeues the sends;
+    the node delivers them and the round ends done, its spool moved from failed/ to done/."""
+    pacs_port = free_port()
+    node = _node(tmp_path, pacs_port, max_attempts=2, backoff_initial_s=0.05)
+    pacs = None
+    try:
+        study, other = generate_uid(), generate_uid()
+        store(node.receiver.port, make_series(study, 2))
+        store(node.receiver.port, make_series(other, 2))
+        assert node.wait_idle(30)
+        assert {r["state"] for r in node.audit.studies()} == {"failed"}
+        config = tmp_path / "node.yaml"
+        config.write_text(yaml.safe_dump(json.loads(node.config.model_dump_json())))
+
+        assert main(["resend", "--config", str(config), "--destination", "nowhere"]) == 2
+        assert "no destination named 'nowhere' (configured: pacs)" in capsys.readouterr().err
+
+        pacs = Pacs(pacs_port).start()
+        assert main(["resend", "--config", str(config), "--study", study]) == 0
+        assert f"{study} round 0: 2 send(s) requeued" in capsys.readouterr().out
+        assert wait_for(lambda: node.audit.studies(study)[0]["state"] == "done", timeout_s=20)
+        (record,) = node.audit.studies(study)
+        assert record["reason"] == "delivered"
+        assert dict(pacs.received) == {o["sop_instance_uid"]: 1 for o in record["outputs"]}
+        assert (node.spool.final_dir(study, 0, failed=False) / "reason.json").is_file()
+        assert not node.spool.final_dir(study, 0, failed=True).exists()
+        assert node.audit.studies(other)[0]["state"] == "failed"  # not asked for: left alone
+
+        assert main(["resend", "--config", str(config)]) == 0
+        assert "2 send(s) of 1 round(s) requeued" in capsys.readouterr().out
+        assert wait_for(lambda: node.audit.studies(other)[0]["state"] == "done", timeout_s=20)
+        assert main(["resend", "--config", str(config)]) == 0
+        assert "0 send(s) of 0 round(s) requeued" in capsys.readouterr().out
+    finally:
+        node.stop()
+        if pacs:
+            pacs.stop()
 
 
 # -- STOW-RS against a real Orthanc with the DICOMweb plugin --------------------------------

@@ -126,3 +126,46 @@ class Outbox:
 
     def rows_for_study(self, study_id: int) -> list[sqlite3.Row]:
         return self.db.query("SELECT * FROM outbox WHERE study_id = ? ORDER BY destination, id", (study_id,))
+
+
+def failed_rounds(db: Database, study_uid: str | None = None, destination: str | None = None) -> list[dict]:
+    """Rounds that ended ``failed`` because sends failed for good, with how many failed sends match.
+
+    Each dict has ``study_id``, ``study_uid``, ``round`` and ``sends`` (count of failed rows,
+    restricted to ``destination`` when given).
+    """
+    sql = ("SELECT s.id AS study_id, s.study_uid, s.round, COUNT(*) AS sends FROM outbox o "
+           "JOIN studies s ON o.study_id = s.id WHERE o.state = 'failed' AND s.state = 'failed'")
+    params: list[str] = []
+    if study_uid is not None:
+        sql += " AND s.study_uid = ?"
+        params.append(study_uid)
+    if destination is not None:
+        sql += " AND o.destination = ?"
+        params.append(destination)
+    rows = db.query(sql + " GROUP BY s.id ORDER BY s.id", tuple(params))
+    return [dict(r) for r in rows]
+
+
+def requeue_failed(db: Database, rounds: list[dict], destination: str | None = None, now: float | None = None) -> int:
+    """Give failed sends of ``rounds`` (from :func:`failed_rounds`) a fresh set of tries.
+
+    In one transaction: the rows go back to ``pending`` with no attempts counted, due
+    now, and each round back to ``analysed``, so that a running node's sender picks them
+    up and finishes the round as it would have (``done``, or ``failed`` again). Rows
+    already sent stay sent. Returns the number of rows requeued.
+    """
+    now = time.time() if now is None else now
+    requeued = 0
+    with db.transaction() as conn:
+        for r in rounds:
+            sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_try_at = ? WHERE study_id = ? AND state = 'failed'"
+            params: tuple = (now, r["study_id"])
+            if destination is not None:
+                sql += " AND destination = ?"
+                params += (destination,)
+            requeued += conn.execute(sql, params).rowcount
+            conn.execute("UPDATE studies SET state = 'analysed', reason = '', finished_at = NULL "
+                         "WHERE id = ? AND state = 'failed'", (r["study_id"],))
+    return requeued
+

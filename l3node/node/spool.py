@@ -131,13 +131,13 @@ class Spool:
         return self.root / "incoming" / study_uid
 
     def work_dir(self, study_uid: str, round_: int) -> Path:
-        return self.root / "work" / study_uid / f"r{round_}"
+        return _round_dir(self.root, "work", study_uid, round_)
 
     def results_dir(self, study_uid: str, round_: int) -> Path:
         return self.root / "results" / study_uid / f"r{round_}"
 
     def final_dir(self, study_uid: str, round_: int, failed: bool) -> Path:
-        return self.root / ("failed" if failed else "done") / study_uid / f"r{round_}"
+        return _round_dir(self.root, "failed" if failed else "done", study_uid, round_)
 
     # -- operations --------------------------------------------------------------------
     def store_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
@@ -220,3 +220,29 @@ class Spool:
         if study_work.is_dir() and not any(study_work.iterdir()):
             study_work.rmdir()
         return final
+
+
+def reopen_failed_round(root: Path, study_uid: str, round_: int) -> None:
+    """Move a round from ``failed/`` back to ``work/`` so that its sends can be retried; idempotent.
+
+    A function of the storage root, not of :class:`Spool`: it runs from ``l3node resend``
+    beside a running node, and opening a :class:`Spool` clears ``tmp/``, where that node
+    may be writing an instance.
+
+    Raises
+    ------
+    OSError
+        If the disk is unwritable.
+    """
+    failed, work = _round_dir(root, "failed", study_uid, round_), _round_dir(root, "work", study_uid, round_)
+    if failed.is_dir() and not work.exists():
+        work.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(failed, work)
+        fsync_dir(work.parent)
+        if not any(failed.parent.iterdir()):
+            failed.parent.rmdir()
+
+
+def _round_dir(root: Path, area: str, study_uid: str, round_: int) -> Path:
+    return Path(root) / area / study_uid / f"r{round_}"
+
