@@ -156,15 +156,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from l3node.node.audit import status_summary
+    from l3node.node.audit import recent_problems, status_summary
 
     config = _load(args.config)
-    summary = status_summary(config.storage.root)
+    try:
+        summary = status_summary(config.storage.root)
+        problems = recent_problems(config.storage.root)
+    except FileNotFoundError as exc:
+        print(f"error: {exc} (no node has run with storage.root {config.storage.root}; "
+              "pass the node's configuration with --config)", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps({**summary, "recent_problems": problems}, indent=2, default=str))
     else:
         for key, value in summary.items():
             print(f"{key:>20}: {value}")
+        if problems:
+            print("\nlatest failed, declined and refused (newest first):")
+        for p in problems:
+            print(f"  {p['when']}  {p['what']:8s}  {p['study_uid'] or '-'}  from {p['from'] or '?'}: {p['reason'][:300]}")
     return 0
 
 

@@ -160,6 +160,14 @@ def test_resend_delivers_what_failed_for_good_once_the_pacs_is_back(tmp_path, ca
         config = tmp_path / "node.yaml"
         config.write_text(yaml.safe_dump(json.loads(node.config.model_dump_json())))
 
+        assert main(["status", "--config", str(config)]) == 0
+        printed = capsys.readouterr().out
+        assert "latest failed, declined and refused (newest first):" in printed
+        lines = [line for line in printed.splitlines() if " failed " in line]
+        assert {line.split()[2] for line in lines} == {study, other}
+        assert all("from PACS: send_failed: pacs" in line for line in lines), lines
+        assert main(["status", "--config", str(tmp_path / "missing.yaml")]) == 2
+
         assert main(["resend", "--config", str(config), "--destination", "nowhere"]) == 2
         assert "no destination named 'nowhere' (configured: pacs)" in capsys.readouterr().err
 

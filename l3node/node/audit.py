@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from l3node.node.db import Database
@@ -215,6 +216,35 @@ class Audit:
             "failed_sends": sends.get("failed", 0),
             "refused_instances": refused,
         }
+
+
+def recent_problems(root: Path | str, limit: int = 10) -> list[dict]:
+    """The latest rounds that ended ``failed`` or ``declined`` and the latest refused instances,
+    newest first, for ``l3node status`` (read from outside the running node).
+
+    Each dict has ``when`` (ISO time, UTC), ``what`` (``failed``, ``declined`` or ``refused``),
+    ``study_uid`` (empty for refusals), ``from`` (calling AE) and ``reason``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no node has run with this storage root yet.
+    """
+    path = Path(root) / "audit.db"
+    if not path.is_file():
+        raise FileNotFoundError(f"no audit database at {path}")
+    db = Database(path)
+    try:
+        rows = db.query("SELECT finished_at AS at, state AS what, study_uid, calling_ae, reason FROM studies "
+                        "WHERE state IN ('failed', 'declined') ORDER BY finished_at DESC LIMIT ?", (limit,))
+        rows += db.query("SELECT at, 'refused' AS what, '' AS study_uid, calling_ae, reason FROM refusals "
+                         "ORDER BY at DESC LIMIT ?", (limit,))
+    finally:
+        db.close()
+    rows = sorted(rows, key=lambda r: r["at"] or 0.0, reverse=True)[:limit]
+    return [{"when": datetime.fromtimestamp(r["at"] or 0.0, timezone.utc).isoformat(timespec="seconds"),
+             "what": r["what"], "study_uid": r["study_uid"], "from": r["calling_ae"], "reason": r["reason"]}
+            for r in rows]
 
 
 def _decoded(row) -> dict:
