@@ -136,9 +136,9 @@ def warm_up(config: Config) -> None:
 
 def weights_dir(config: Config) -> Path:
     """The folder of trained models: the configured one, or the weights/ shipped with l3node."""
-    from l3node.analysis.neural import WEIGHTS_DIR
+    from l3node.analysis.neural import weights_root  # torch is imported only here
 
-    return Path(config.analysis.weights_dir) if config.analysis.weights_dir else WEIGHTS_DIR
+    return weights_root(config.analysis)
 
 
 def segmentation_algorithm(config: Config) -> AlgorithmInfo:
@@ -329,11 +329,10 @@ def _measure_and_write(
     source = item.datasets[l3.slice_index]
     with watch.stage("segment"):
         if config.analysis.segmentation == "network":
-            from l3node.analysis.neural import predict_tissues  # torch is imported only here
+            from l3node.analysis.neural import segment_slice_network  # torch is imported only here
 
             hu_plane = volume.hu[l3.slice_index]
-            labels = predict_tissues(hu_plane, volume.spacing_mm[1:], folder=weights_dir(config) / "tissue_unet",
-                                     device=config.analysis.device)
+            labels = segment_slice_network(hu_plane, volume.spacing_mm[1:], config.analysis)
         else:
             labels, hu_plane = segment_at_l3(volume, l3.slice_index, config.analysis)
     with watch.stage("measure"):

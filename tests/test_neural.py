@@ -153,6 +153,32 @@ def test_shipped_tissue_weights_segment_a_fresh_l3_slice(fresh_phantom):
     assert dice >= MUSCLE_DICE_MIN
 
 
+def test_network_segmentation_follows_the_tissue_definition(fresh_phantom, tmp_path):
+    """`analysis.segmentation: network`: the net's regions intersected with the HU ranges,
+    the same definition as the rules and the phantom truth; and `evaluate seg` uses it."""
+    from l3node.analysis.neural import segment_slice_network
+    from l3node.config import AnalysisConfig
+    from l3node.train.evaluate_seg import evaluate_cases
+
+    k = fresh_phantom.ground_truth["l3_slice_index"]
+    hu, pixel_mm = fresh_phantom.volume.hu[k], fresh_phantom.volume.spacing_mm[1:]
+    config = AnalysisConfig(segmentation="network", weights_dir=SHIPPED_SEG.parent)
+    labels = segment_slice_network(hu, pixel_mm, config)
+    regions = load_tissue_net(SHIPPED_SEG).predict_tissues(hu, pixel_mm)
+    muscle, imat = labels == Tissue.SKELETAL_MUSCLE, labels == Tissue.IMAT
+    assert hu[muscle].min() >= -29 and hu[muscle].max() <= 150
+    assert hu[imat].max() <= -30 and hu[labels == Tissue.VAT].max() <= -30
+    assert np.isin(regions[muscle | imat], [Tissue.SKELETAL_MUSCLE, Tissue.IMAT]).all()
+    assert (regions[muscle] == Tissue.SKELETAL_MUSCLE).mean() > 0.9  # mostly the net's own muscle
+    gold = fresh_phantom.tissue_labels[k] == Tissue.SKELETAL_MUSCLE
+    assert 2 * (muscle & gold).sum() / (muscle.sum() + gold.sum()) >= MUSCLE_DICE_MIN
+
+    case = ["phantom:normal:3"]
+    network = evaluate_cases(case, config)[0]
+    classical = evaluate_cases(case, AnalysisConfig())[0]
+    assert network.area_pred_cm2 != classical.area_pred_cm2  # the configured segmentation was used
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

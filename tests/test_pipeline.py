@@ -63,6 +63,19 @@ def test_averaged_measurements_say_so(phantom_study, analysed, tmp_path):
     assert averaged != alone and averaged == pytest.approx(alone, rel=0.08)
 
 
+def test_network_segmentation_end_to_end(phantom_study, tmp_path):
+    """`analysis.segmentation: network`: the SEG names the network, and its tissues keep the
+    HU ranges (a muscle SD like the rules', not one inflated by fat or bone at the edges)."""
+    truth = json.loads((phantom_study / "ground_truth.json").read_text())
+    outcome = analyse_study(phantom_study, tmp_path, parse_config({"analysis": {"segmentation": "network"}}))
+    assert outcome.status == "done", outcome.reason
+    results = json.loads((tmp_path / "results.json").read_text())
+    muscle = results["tissues"]["skeletal_muscle"]
+    assert muscle["area_cm2"] == pytest.approx(truth["areas_cm2"]["skeletal_muscle"], rel=0.10)
+    assert -29 <= muscle["mean_hu"] - 2 * muscle["sd_hu"] and muscle["sd_hu"] < 45
+    assert pydicom.dcmread(tmp_path / "seg.dcm").SegmentSequence[0].SegmentAlgorithmName == "tissue_unet"
+
+
 def _sr_texts(items) -> list[str]:
     texts = []
     for item in items:

@@ -216,7 +216,8 @@ def evaluate_phantom(
 
 
 def evaluate_cases(cases: Iterable[str], config: AnalysisConfig | None = None) -> list[SliceResult]:
-    """Evaluate case specifications (see module docstring).
+    """Evaluate case specifications (see module docstring) with the configured segmentation
+    (``config.segmentation``: the rules, or the tissue network).
 
     Raises
     ------
@@ -225,6 +226,12 @@ def evaluate_cases(cases: Iterable[str], config: AnalysisConfig | None = None) -
     FileNotFoundError
         If a reference folder lacks a file.
     """
+    config = config or AnalysisConfig()
+    segmenter = segment_slice
+    if config.segmentation == "network":
+        from l3node.analysis.neural import segment_slice_network  # torch is imported only here
+
+        segmenter = segment_slice_network
     results: list[SliceResult] = []
     for n, spec in enumerate(cases, 1):
         log.info("seg_case_started", case=spec, n=n)
@@ -232,7 +239,7 @@ def evaluate_cases(cases: Iterable[str], config: AnalysisConfig | None = None) -
             parts = spec.split(":")
             if len(parts) != 3 or not parts[2].isdigit():
                 raise ValueError(f"phantom case must be phantom:<variant>:<seed>, got {spec!r}")
-            results.append(evaluate_phantom(parts[1], int(parts[2]), config))
+            results.append(evaluate_phantom(parts[1], int(parts[2]), config, segmenter=segmenter))
             continue
         folder, _, span = spec.partition("@")
         slices = None
@@ -242,9 +249,9 @@ def evaluate_cases(cases: Iterable[str], config: AnalysisConfig | None = None) -
                 raise ValueError(f"slice range must be <k0>-<k1>, got {span!r}")
             slices = range(int(first), int(last or first) + 1)
         if site_dicom.is_dicom_case(Path(folder)):
-            results.extend(evaluate_dicom_folder(folder, slices, config))
+            results.extend(evaluate_dicom_folder(folder, slices, config, segmenter))
         else:
-            results.extend(evaluate_reference_folder(folder, slices, config))
+            results.extend(evaluate_reference_folder(folder, slices, config, segmenter))
     return results
 
 
