@@ -427,4 +427,3 @@ def segment_slice_network(hu: np.ndarray, pixel_mm: tuple[float, float], config:
     config = config or AnalysisConfig()
     regions = predict_tissues(hu, pixel_mm, folder=weights_root(config) / "tissue_unet", device=config.device)
     return tissues_in_hu_ranges(regions, np.asarray(hu), config)
-

@@ -168,4 +168,3 @@ def requeue_failed(db: Database, rounds: list[dict], destination: str | None = N
             conn.execute("UPDATE studies SET state = 'analysed', reason = '', finished_at = NULL "
                          "WHERE id = ? AND state = 'failed'", (r["study_id"],))
     return requeued
-

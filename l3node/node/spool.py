@@ -245,4 +245,3 @@ def reopen_failed_round(root: Path, study_uid: str, round_: int) -> None:
 
 def _round_dir(root: Path, area: str, study_uid: str, round_: int) -> Path:
     return Path(root) / area / study_uid / f"r{round_}"
-
