@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     resend.add_argument("--destination", default=None, help="only sends to this destination (its name)")
     resend.set_defaults(func=_resend)
 
+    reanalyse = sub.add_parser("reanalyse", help="analyse again the rounds whose analysis failed (after a fix)")
+    reanalyse.add_argument("--config", type=Path, default=None)
+    which = reanalyse.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", default=None, help="this StudyInstanceUID")
+    which.add_argument("--all", action="store_true", help="every round whose analysis failed")
+    reanalyse.set_defaults(func=_reanalyse)
+
     phantom = sub.add_parser("phantom", help="write a synthetic CT study with known anatomy")
     phantom.add_argument("--variant", default="normal")
     phantom.add_argument("--seed", type=int, default=0)
@@ -178,15 +185,24 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_db(config) -> Path | None:
+    """The running (or last) node's audit database, or None after saying it is missing."""
+    path = config.storage.root / "audit.db"
+    if not path.is_file():
+        print(f"error: no audit database at {path} (no node has run with storage.root "
+              f"{config.storage.root}; pass the node's configuration with --config)", file=sys.stderr)
+        return None
+    return path
+
+
 def _resend(args: argparse.Namespace) -> int:
     from l3node.node.db import Database
     from l3node.node.outbox import failed_rounds, requeue_failed
     from l3node.node.spool import reopen_failed_round
 
     config = _load(args.config)
-    path = config.storage.root / "audit.db"
-    if not path.is_file():
-        print(f"error: no audit database at {path}", file=sys.stderr)
+    path = _audit_db(config)
+    if path is None:
         return 2
     names = [d.name for d in config.destinations]
     if args.destination is not None and args.destination not in names:
@@ -205,6 +221,31 @@ def _resend(args: argparse.Namespace) -> int:
         print(f"{r['study_uid']} round {r['round']}: {r['sends']} send(s) requeued")
     print(f"{requeued} send(s) of {len(rounds)} round(s) requeued; a running node sends them now, "
           "a stopped one when it starts")
+    return 0
+
+
+def _reanalyse(args: argparse.Namespace) -> int:
+    from l3node.node.audit import Audit
+    from l3node.node.db import Database
+    from l3node.node.spool import reopen_failed_round
+
+    config = _load(args.config)
+    path = _audit_db(config)
+    if path is None:
+        return 2
+    db = Database(path)
+    try:
+        audit = Audit(db)
+        rounds = audit.failed_analyses(args.study)
+        for r in rounds:  # the spool first: the worker analyses from work/
+            reopen_failed_round(config.storage.root, r["study_uid"], r["round"])
+        reopened = audit.reopen_for_analysis([r["id"] for r in rounds])
+    finally:
+        db.close()
+    for r in rounds:
+        print(f"{r['study_uid']} round {r['round']} (was: {r['reason'][:200]})")
+    print(f"{reopened} round(s) to analyse again; a running node starts now, a stopped one when it starts"
+          + ("" if rounds or args.all else " (failed sends are retried with `l3node resend`)"))
     return 0
 
 

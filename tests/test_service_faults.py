@@ -349,3 +349,41 @@ def test_port_in_use_is_one_clear_error(tmp_path, capsys):
     assert "error: the node could not start:" in err
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
     assert "Traceback" not in err
+
+
+def test_reanalyse_after_a_fix_delivers_a_study_whose_analysis_failed(tmp_path, pacs, capsys):
+    """An analysis bug fails a study (inputs kept in failed/). After the fix, `l3node
+    reanalyse --study` beside the running node analyses it again and delivers."""
+    from l3node.cli import main
+
+    broken = {"yes": True}
+
+    def analyse(study_dir, out_dir, config):
+        if broken["yes"]:
+            raise RuntimeError("boom in segmentation")
+        return small_analysis(study_dir, out_dir, config)
+
+    node = _node(tmp_path, analyse, pacs.port)
+    try:
+        study = generate_uid()
+        store(node.receiver.port, make_series(study, 2))
+        assert node.wait_idle(20)
+        assert node.audit.studies(study)[0]["state"] == "failed"
+        config = tmp_path / "node.yaml"
+        config.write_text(yaml.safe_dump(json.loads(node.config.model_dump_json())))
+
+        broken["yes"] = False
+        assert main(["reanalyse", "--config", str(config), "--study", study]) == 0
+        printed = capsys.readouterr().out
+        assert f"{study} round 0 (was: analysis_error: RuntimeError: boom in segmentation)" in printed
+        assert wait_for(lambda: node.audit.studies(study)[0]["state"] == "done", timeout_s=20)
+        (record,) = node.audit.studies(study)
+        assert record["reason"] == "delivered" and record["analysis_attempts"] == 1
+        assert set(pacs.received) == {o["sop_instance_uid"] for o in record["outputs"]}
+        assert len(list(node.spool.final_dir(study, 0, failed=False).glob("*/*.dcm"))) == 2  # inputs kept
+        assert not node.spool.final_dir(study, 0, failed=True).exists()
+
+        assert main(["reanalyse", "--config", str(config), "--all"]) == 0
+        assert "0 round(s) to analyse again" in capsys.readouterr().out
+    finally:
+        node.stop()

@@ -188,6 +188,26 @@ class Audit:
         with self.db.transaction() as conn:
             conn.execute("UPDATE studies SET state = ?, reason = ?, finished_at = ? WHERE id = ?", (state, reason, now, study_id))
 
+    def failed_analyses(self, study_uid: str | None = None) -> list[dict]:
+        """Rounds that ended ``failed`` before anything was enqueued (analysis errors,
+        interrupted analyses): ``id``, ``study_uid``, ``round``, ``reason``. Failed sends are
+        :func:`l3node.node.outbox.failed_rounds`."""
+        sql = ("SELECT id, study_uid, round, reason FROM studies WHERE state = 'failed' "
+               "AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.study_id = studies.id)")
+        params: tuple = ()
+        if study_uid is not None:
+            sql += " AND study_uid = ?"
+            params = (study_uid,)
+        return [dict(r) for r in self.db.query(sql + " ORDER BY id", params)]
+
+    def reopen_for_analysis(self, study_ids: list[int]) -> int:
+        """failed -> analysing with no attempts counted, so that the worker analyses the
+        round again from ``work/`` (as after an interrupted analysis). Returns the rounds reopened."""
+        with self.db.transaction() as conn:
+            return sum(conn.execute(
+                "UPDATE studies SET state = 'analysing', reason = '', finished_at = NULL, analysis_attempts = 0 "
+                "WHERE id = ? AND state = 'failed'", (study_id,)).rowcount for study_id in study_ids)
+
     def sends_settled(self, study_id: int) -> tuple[bool, list[dict]]:
         """Whether no outbox row of the round is pending, and the rows' answers."""
         rows = self.db.query(

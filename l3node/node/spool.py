@@ -223,10 +223,11 @@ class Spool:
 
 
 def reopen_failed_round(root: Path, study_uid: str, round_: int) -> None:
-    """Move a round from ``failed/`` back to ``work/`` so that its sends can be retried; idempotent.
+    """Move a round from ``failed/`` back to ``work/``, where its sends are retried or its
+    analysis redone; idempotent.
 
     A function of the storage root, not of :class:`Spool`: it runs from ``l3node resend``
-    beside a running node, and opening a :class:`Spool` clears ``tmp/``, where that node
+    and ``l3node reanalyse`` beside a running node, and opening a :class:`Spool` clears ``tmp/``, where that node
     may be writing an instance.
 
     Raises
