@@ -179,6 +179,28 @@ def test_network_segmentation_follows_the_tissue_definition(fresh_phantom, tmp_p
     assert network.area_pred_cm2 != classical.area_pred_cm2  # the configured segmentation was used
 
 
+def test_shipped_weights_are_found_in_a_checkout_and_after_pip_install(tmp_path):
+    """A non-editable install (pip install ., the container) has no repository: the models
+    go to <prefix>/share/l3node/weights via pyproject's data-files, which must list every file."""
+    import tomllib
+
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    listed = {f for files in data_files.values() for f in files}
+    on_disk = {p.relative_to(REPO).as_posix() for p in (REPO / "weights").rglob("*") if p.is_file()}
+    assert listed == on_disk
+    for target, files in data_files.items():
+        assert all(target == "share/l3node/" + str(Path(f).parent) for f in files), target
+
+    checkout, installed = tmp_path / "repo" / "weights", tmp_path / "prefix" / "share" / "l3node" / "weights"
+    (installed / "l3_mip").mkdir(parents=True)
+    (installed / "l3_mip" / "manifest.json").write_text("{}")
+    assert neural.shipped_weights_dir((checkout, installed)) == installed
+    (checkout / "l3_mip").mkdir(parents=True)
+    (checkout / "l3_mip" / "manifest.json").write_text("{}")
+    assert neural.shipped_weights_dir((checkout, installed)) == checkout
+    assert neural.shipped_weights_dir((tmp_path / "none", tmp_path / "neither")) == tmp_path / "none"
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,21 @@ from l3node.logs import get_logger
 
 log = get_logger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-"""The repository's ``weights/`` folder (shipped models: ``l3_mip``, ``tissue_unet``)."""
+def shipped_weights_dir(candidates: tuple[Path, ...] | None = None) -> Path:
+    """Where the shipped models (``l3_mip``, ``tissue_unet``) are: the repository's ``weights/``
+    (a checkout, an editable install), else ``<prefix>/share/l3node/weights`` (``pip install .``,
+    the container; see ``[tool.setuptools.data-files]``). The first that holds a model wins;
+    the repository's folder when none does (the load error then names it)."""
+    candidates = candidates or (Path(__file__).resolve().parents[2] / "weights",
+                                Path(sys.prefix) / "share" / "l3node" / "weights")
+    for folder in candidates:
+        if any(folder.glob("*/manifest.json")):
+            return folder
+    return candidates[0]
+
+
+WEIGHTS_DIR = shipped_weights_dir()
+"""The shipped models' folder (:func:`shipped_weights_dir`); ``analysis.weights_dir`` overrides it."""
 MANIFEST = "manifest.json"
 WEIGHTS_FILE = "model.pt"
 
