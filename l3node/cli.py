@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l3node", description="A DICOM node that measures muscle and fat at L3 on abdominal CT and sends SEG, SR and an overlay back to the PACS.")
+    parser = argparse.ArgumentParser(
+        prog="l3node", description="A DICOM node that measures muscle and fat at L3 on abdominal CT "
+                                   "and sends SEG, SR and an overlay back to the PACS.")
     parser.add_argument("--version", action="version", version=f"l3node {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
