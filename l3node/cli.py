@@ -165,16 +165,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from l3node.node.audit import recent_problems, status_summary
+    from l3node.node.audit import Audit, status_summary
+    from l3node.node.db import Database
 
     config = _load(args.config)
-    try:
-        summary = status_summary(config.storage.root)
-        problems = recent_problems(config.storage.root)
-    except FileNotFoundError as exc:
-        print(f"error: {exc} (no node has run with storage.root {config.storage.root}; "
-              "pass the node's configuration with --config)", file=sys.stderr)
+    path = _audit_db(config)
+    if path is None:
         return 2
+    db = Database(path)
+    try:
+        summary, problems = status_summary(db), Audit(db).recent_problems()
+    finally:
+        db.close()
     if args.json:
         print(json.dumps({**summary, "recent_problems": problems}, indent=2, default=str))
     else:

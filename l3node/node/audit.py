@@ -188,6 +188,22 @@ class Audit:
         with self.db.transaction() as conn:
             conn.execute("UPDATE studies SET state = ?, reason = ?, finished_at = ? WHERE id = ?", (state, reason, now, study_id))
 
+    def recent_problems(self, limit: int = 10) -> list[dict]:
+        """The latest rounds that ended ``failed`` or ``declined`` and the latest refused
+        instances, newest first, for ``l3node status``.
+
+        Each dict has ``when`` (ISO time, UTC), ``what`` (``failed``, ``declined`` or
+        ``refused``), ``study_uid`` (empty for refusals), ``from`` (calling AE) and ``reason``.
+        """
+        rows = self.db.query("SELECT finished_at AS at, state AS what, study_uid, calling_ae, reason FROM studies "
+                             "WHERE state IN ('failed', 'declined') ORDER BY finished_at DESC LIMIT ?", (limit,))
+        rows += self.db.query("SELECT at, 'refused' AS what, '' AS study_uid, calling_ae, reason FROM refusals "
+                              "ORDER BY at DESC LIMIT ?", (limit,))
+        rows = sorted(rows, key=lambda r: r["at"] or 0.0, reverse=True)[:limit]
+        return [{"when": datetime.fromtimestamp(r["at"] or 0.0, timezone.utc).isoformat(timespec="seconds"),
+                 "what": r["what"], "study_uid": r["study_uid"], "from": r["calling_ae"], "reason": r["reason"]}
+                for r in rows]
+
     def failed_analyses(self, study_uid: str | None = None) -> list[dict]:
         """Rounds that ended ``failed`` before anything was enqueued (analysis errors,
         interrupted analyses): ``id``, ``study_uid``, ``round``, ``reason``. Failed sends are
@@ -236,35 +252,6 @@ class Audit:
             "failed_sends": sends.get("failed", 0),
             "refused_instances": refused,
         }
-
-
-def recent_problems(root: Path | str, limit: int = 10) -> list[dict]:
-    """The latest rounds that ended ``failed`` or ``declined`` and the latest refused instances,
-    newest first, for ``l3node status`` (read from outside the running node).
-
-    Each dict has ``when`` (ISO time, UTC), ``what`` (``failed``, ``declined`` or ``refused``),
-    ``study_uid`` (empty for refusals), ``from`` (calling AE) and ``reason``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If no node has run with this storage root yet.
-    """
-    path = Path(root) / "audit.db"
-    if not path.is_file():
-        raise FileNotFoundError(f"no audit database at {path}")
-    db = Database(path)
-    try:
-        rows = db.query("SELECT finished_at AS at, state AS what, study_uid, calling_ae, reason FROM studies "
-                        "WHERE state IN ('failed', 'declined') ORDER BY finished_at DESC LIMIT ?", (limit,))
-        rows += db.query("SELECT at, 'refused' AS what, '' AS study_uid, calling_ae, reason FROM refusals "
-                         "ORDER BY at DESC LIMIT ?", (limit,))
-    finally:
-        db.close()
-    rows = sorted(rows, key=lambda r: r["at"] or 0.0, reverse=True)[:limit]
-    return [{"when": datetime.fromtimestamp(r["at"] or 0.0, timezone.utc).isoformat(timespec="seconds"),
-             "what": r["what"], "study_uid": r["study_uid"], "from": r["calling_ae"], "reason": r["reason"]}
-            for r in rows]
 
 
 def _decoded(row) -> dict:
