@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from l3node import __version__
@@ -166,17 +167,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from l3node.node.audit import Audit, status_summary
-    from l3node.node.db import Database
 
-    config = _load(args.config)
-    path = _audit_db(config)
-    if path is None:
+    db = _open_audit_db(_load(args.config))
+    if db is None:
         return 2
-    db = Database(path)
-    try:
+    with closing(db):
         summary, problems = status_summary(db), Audit(db).recent_problems()
-    finally:
-        db.close()
     if args.json:
         print(json.dumps({**summary, "recent_problems": problems}, indent=2, default=str))
     else:
@@ -189,38 +185,36 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_db(config) -> Path | None:
-    """The running (or last) node's audit database, or None after saying it is missing."""
+def _open_audit_db(config):
+    """The node's audit database, opened (close it), or None after saying it is missing."""
+    from l3node.node.db import Database
+
     path = config.storage.root / "audit.db"
     if not path.is_file():
         print(f"error: no audit database at {path} (no node has run with storage.root "
               f"{config.storage.root}; pass the node's configuration with --config)", file=sys.stderr)
         return None
-    return path
+    return Database(path)
 
 
 def _resend(args: argparse.Namespace) -> int:
-    from l3node.node.db import Database
     from l3node.node.outbox import failed_rounds, requeue_failed
     from l3node.node.spool import reopen_failed_round
 
     config = _load(args.config)
-    path = _audit_db(config)
-    if path is None:
-        return 2
     names = [d.name for d in config.destinations]
     if args.destination is not None and args.destination not in names:
         print(f"error: no destination named {args.destination!r} (configured: {', '.join(names) or 'none'})",
               file=sys.stderr)
         return 2
-    db = Database(path)
-    try:
+    db = _open_audit_db(config)
+    if db is None:
+        return 2
+    with closing(db):
         rounds = failed_rounds(db, args.study, args.destination)
         for r in rounds:  # the spool first: a sender finishing the round moves it from work/
             reopen_failed_round(config.storage.root, r["study_uid"], r["round"])
         requeued = requeue_failed(db, rounds, args.destination)
-    finally:
-        db.close()
     for r in rounds:
         print(f"{r['study_uid']} round {r['round']}: {r['sends']} send(s) requeued")
     print(f"{requeued} send(s) of {len(rounds)} round(s) requeued; a running node sends them now, "
@@ -230,22 +224,18 @@ def _resend(args: argparse.Namespace) -> int:
 
 def _reanalyse(args: argparse.Namespace) -> int:
     from l3node.node.audit import Audit
-    from l3node.node.db import Database
     from l3node.node.spool import reopen_failed_round
 
     config = _load(args.config)
-    path = _audit_db(config)
-    if path is None:
+    db = _open_audit_db(config)
+    if db is None:
         return 2
-    db = Database(path)
-    try:
+    with closing(db):
         audit = Audit(db)
         rounds = audit.failed_analyses(args.study)
         for r in rounds:  # the spool first: the worker analyses from work/
             reopen_failed_round(config.storage.root, r["study_uid"], r["round"])
         reopened = audit.reopen_for_analysis([r["id"] for r in rounds])
-    finally:
-        db.close()
     for r in rounds:
         print(f"{r['study_uid']} round {r['round']} (was: {r['reason'][:200]})")
     print(f"{reopened} round(s) to analyse again; a running node starts now, a stopped one when it starts"
