@@ -273,11 +273,15 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
-    try:
-        duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        data = yaml.safe_load(text)
+    loader = yaml.SafeLoader(text)
+    try:  # what yaml.safe_load does, keeping the node tree for the duplicate check
+        node = loader.get_single_node()
+        duplicates = duplicate_keys(node)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: not valid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
     if duplicates:
         # YAML itself lets the last one win, silently: an administrator who added a
         # second `port:` or `destinations:` would run with half of what they wrote.
