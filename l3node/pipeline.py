@@ -27,6 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from l3node import __version__
+from l3node.analysis.frames import frame_of
 from l3node.analysis.locate_l3 import L3Location, L3Status, locate_l3
 from l3node.analysis.measure import Measurements, measure, patient_facts_from_dataset
 from l3node.analysis.second_opinion import weigh_second_opinion
@@ -424,11 +425,13 @@ def _one_series(images: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
 
 def l3_to_dict(l3: L3Location, source: pydicom.Dataset | None = None) -> dict:
     """The ``l3`` block of results.json."""
+    frame = frame_of(source) if source is not None else None
     return {
         "status": l3.status.value,
         "z_mm": _round(l3.z_mm),
         "slice_index": l3.slice_index,
         "sop_instance_uid": str(source.SOPInstanceUID) if source is not None else None,
+        "frame_number": frame.number if frame is not None else None,
         "confidence": _round(l3.confidence, 3),
         "variant": l3.variant.value,
         "method": l3.method,

@@ -53,8 +53,20 @@ def _wait_for_results(orthanc: Orthanc, study_uid: str, timeout_s: float = 180) 
     pytest.fail(f"results did not reach Orthanc within {timeout_s} s; series: {orthanc.series_in_study(study_uid)}")
 
 
-@pytest.mark.parametrize("destination_type", ["dimse", "dicomweb"])
-def test_ct_routed_by_orthanc_comes_back_as_seg_sr_overlay(tmp_path, phantom_study, destination_type):
+def _as_enhanced_ct(files: list[Path], out: Path) -> list[Path]:
+    """The series as one Legacy Converted Enhanced CT instance (highdicom), as a PACS may store it."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    slices = [pydicom.dcmread(p) for p in files]
+    hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(),
+        instance_number=1).save_as(out)
+    return [out]
+
+
+@pytest.mark.parametrize("destination_type, enhanced", [("dimse", False), ("dicomweb", False), ("dimse", True)])
+def test_ct_routed_by_orthanc_comes_back_as_seg_sr_overlay(tmp_path, phantom_study, destination_type, enhanced):
     node_port = free_port()
     (tmp_path / "orthanc").mkdir()
     orthanc = Orthanc(tmp_path / "orthanc", node_port=node_port).start()
@@ -66,6 +78,8 @@ def test_ct_routed_by_orthanc_comes_back_as_seg_sr_overlay(tmp_path, phantom_stu
     node.start()
     try:
         files = sorted(phantom_study.rglob("*.dcm"))
+        if enhanced:
+            files = _as_enhanced_ct(files, tmp_path / "enhanced.dcm")
         truth = json.loads((phantom_study / "ground_truth.json").read_text())
         orthanc.upload(files)
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -85,6 +99,11 @@ def test_ct_routed_by_orthanc_comes_back_as_seg_sr_overlay(tmp_path, phantom_stu
     # The SEG frame lies on a source slice near the true L3 inferior endplate.
     seg_z = float(seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient[2])
     assert abs(seg_z - truth["l3_inferior_endplate_z_mm"]) < 10
+    if enhanced:  # the SEG names the multi-frame instance and its frame at that position
+        ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+        frame = source.PerFrameFunctionalGroupsSequence[int(ref.ReferencedFrameNumber) - 1]
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert float(frame.PlanePositionSequence[0].ImagePositionPatient[2]) == pytest.approx(seg_z)
 
     numbers = sr_numbers(sr)
     areas = {group: next(v for k, v in values.items() if k.lower().startswith("area"))

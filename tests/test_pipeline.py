@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import SegmentationStorage, generate_uid
 
 from l3node.cli import main
 from l3node.config import Config, parse_config
@@ -170,21 +170,69 @@ def test_values_not_in_hu_are_declined_as_such(phantom_study, tmp_path):
            "(RescaleIntercept missing, RescaleSlope missing)" in outcome.reason
 
 
-def test_enhanced_ct_is_declined_with_its_reason(phantom_study, tmp_path):
-    """A multi-frame CT (here Legacy Converted Enhanced, made by highdicom from the phantom's
-    slices) is recognised and declined as such, not as 'one image'."""
+def _as_enhanced_ct(phantom_study: Path, study: Path) -> Path:
+    """The phantom's slices as one Legacy Converted Enhanced CT instance (made by highdicom)."""
     import highdicom as hd
-    from pydicom.uid import generate_uid
 
     slices = [pydicom.dcmread(p) for p in sorted((phantom_study / "dicom").iterdir())]
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
         slices, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1)
-    study = tmp_path / "study"
     study.mkdir()
     enhanced.save_as(study / "enhanced.dcm")
-    outcome = analyse_study(study, tmp_path / "out", Config())
+    return study / "enhanced.dcm"
+
+
+def test_enhanced_ct_is_measured_as_its_slices(phantom_study, analysed, tmp_path):
+    """A multi-frame CT gives the measurements of the same slices sent one instance each, and
+    the SEG and the SR reference the instance and its L3 frame (the one at the L3 slice's position)."""
+    path = _as_enhanced_ct(phantom_study, tmp_path / "study")
+    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
+    assert outcome.status == "done", outcome.reason
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    single = json.loads((analysed[1] / "results.json").read_text())
+    assert results["tissues"] == single["tissues"]
+    assert (results["l3"]["z_mm"], results["l3"]["slice_index"]) == (single["l3"]["z_mm"], single["l3"]["slice_index"])
+    assert single["l3"]["frame_number"] is None
+
+    enhanced = pydicom.dcmread(path, stop_before_pixels=True)
+    frame = results["l3"]["frame_number"]
+    assert results["l3"]["sop_instance_uid"] == enhanced.SOPInstanceUID
+    l3_slice = next(pydicom.dcmread(p) for p in (phantom_study / "dicom").iterdir()
+                    if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == single["l3"]["sop_instance_uid"])
+    frame_position = enhanced.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+    assert [float(v) for v in frame_position] == pytest.approx([float(v) for v in l3_slice.ImagePositionPatient])
+
+    seg = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
+    source = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert (source.ReferencedSOPInstanceUID, int(source.ReferencedFrameNumber)) == (enhanced.SOPInstanceUID, frame)
+    assert pydicom.dcmread(analysed[1] / "seg.dcm").pixel_array.tolist() == seg.pixel_array.tolist()
+    sr_frames = _sr_image_frames(pydicom.dcmread(tmp_path / "out" / "sr.dcm").ContentSequence)
+    # Every measurement, segment and group source names the frame; the image library lists the instance.
+    assert sr_frames.count(None) == 1 and set(sr_frames) == {None, frame} and len(sr_frames) > 5
+    if dciodvfy_available():
+        for name in ("seg.dcm", "sr.dcm", "overlay.dcm"):
+            assert run_dciodvfy(tmp_path / "out" / name) == [], name
+
+
+def _sr_image_frames(items) -> list[int | None]:
+    frames = []
+    for item in items:
+        if item.ValueType == "IMAGE" and item.ReferencedSOPSequence[0].ReferencedSOPClassUID != SegmentationStorage:
+            number = item.ReferencedSOPSequence[0].get("ReferencedFrameNumber")
+            frames.append(int(number) if number is not None else None)
+        frames += _sr_image_frames(getattr(item, "ContentSequence", []))
+    return frames
+
+
+def test_enhanced_ct_without_its_frames_geometry_is_declined(phantom_study, tmp_path):
+    path = _as_enhanced_ct(phantom_study, tmp_path / "study")
+    enhanced = pydicom.dcmread(path)
+    del enhanced.PerFrameFunctionalGroupsSequence[-1]
+    enhanced.save_as(path)
+    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
     assert outcome.status == "declined"
-    assert "enhanced_ct: Legacy Converted Enhanced CT Image Storage (multi-frame) is not analysed" in outcome.reason
+    assert f"missing_geometry: multi-frame CT with NumberOfFrames {enhanced.NumberOfFrames!r} and " \
+           f"{enhanced.NumberOfFrames - 1} per-frame functional group item(s)" in outcome.reason
 
 
 def test_folder_without_dicom_is_declined(tmp_path):

@@ -40,8 +40,6 @@ def test_single_good_series_selected():
         ({"SOPClassUID": ComprehensiveSRStorage, "Modality": "SR"}, "non_image_object"),
         ({"SOPClassUID": SegmentationStorage, "Modality": "SEG"}, "non_image_object"),
         ({"Modality": "MR"}, "modality"),
-        ({"SOPClassUID": EnhancedCTImageStorage}, "enhanced_ct"),
-        ({"SOPClassUID": LegacyConvertedEnhancedCTImageStorage}, "enhanced_ct"),
         ({"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, "localizer"),
         ({"ImageType": ["DERIVED", "SECONDARY", "AXIAL", "MPR"]}, "image_type_excluded"),
         ({"ImageType": ["ORIGINAL", "PRIMARY"]}, "image_type_missing"),
@@ -55,6 +53,16 @@ def test_each_rule_rejects_with_reason(attrs, code):
     result = select_series({good_uid: good, bad_uid: bad}, RULES)
     assert result.selected == (good_uid,)
     assert _code(result.rejected[bad_uid]) == code, result.rejected[bad_uid]
+
+
+@pytest.mark.parametrize("sop_class", [EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage])
+def test_multi_frame_ct_is_eligible_and_not_mixed_with_single_frame(sop_class):
+    uid, series = _series(SOPClassUID=sop_class)
+    assert select_series({uid: series}, RULES).selected == (uid,)
+    uid, series = _series()
+    series[0].SOPClassUID = sop_class
+    result = select_series({uid: series}, RULES)
+    assert result.selected == () and _code(result.rejected[uid]) == "mixed_sop_classes", result.rejected[uid]
 
 
 def test_too_few_instances():

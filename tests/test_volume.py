@@ -134,3 +134,47 @@ def test_nifti_in_ras_and_pir_read_in_the_package_convention():
     pir = read_nifti(SHARED_DATA / "tptbox_l3_crop" / "sub-ct_label-22_ct.nii.gz")
     assert np.all(np.diff(pir.z_mm) > 0)
     assert pir.spacing_mm == pytest.approx((1.5, 1.5, 1.5))
+
+
+def test_enhanced_ct_frames_read_as_its_slices(tmp_path):
+    """One multi-frame instance gives the volume of its slices; a frame's own rescale wins over
+    the shared one; the instance's header is not changed by reading it."""
+    import highdicom as hd
+
+    from tests.node_helpers import make_series
+
+    slices = make_series("1.2.826.0.1.3680043.10.511.7", 4, size=8)
+    paths = []
+    for k, ds in enumerate(slices):
+        paths.append(tmp_path / f"{k}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    single, _ = volume_from_files(paths, [pydicom.dcmread(p, stop_before_pixels=True) for p in paths])
+
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices[::-1], series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1)
+    z_of_frame = [float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+                  for item in enhanced.PerFrameFunctionalGroupsSequence]
+    own = Dataset()
+    own.RescaleIntercept, own.RescaleSlope, own.RescaleType = -1000, 1, "HU"
+    shifted = z_of_frame.index(-100.0 + 3.0)  # the second slice, wherever its frame is
+    enhanced.PerFrameFunctionalGroupsSequence[shifted].PixelValueTransformationSequence = [own]
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    header = pydicom.dcmread(tmp_path / "enhanced.dcm", stop_before_pixels=True)
+    before = copy.deepcopy(header)
+
+    volume, views = volume_from_files([tmp_path / "enhanced.dcm"], [header])
+    assert volume.shape == single.shape and volume.spacing_mm == single.spacing_mm
+    assert volume.origin_mm == single.origin_mm
+    np.testing.assert_array_equal(volume.hu[[0, 2, 3]], single.hu[[0, 2, 3]])
+    np.testing.assert_array_equal(volume.hu[1], single.hu[1] - 1000)
+    assert [float(v.ImagePositionPatient[2]) for v in views] == [-100.0, -97.0, -94.0, -91.0]
+    assert [v.SOPInstanceUID for v in views] == [header.SOPInstanceUID] * 4
+    assert header == before and "ImagePositionPatient" not in header
+
+    # Two frames at one position are named as frames, not instances.
+    header.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient = \
+        header.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient
+    with pytest.raises(SeriesRejected) as caught:
+        volume_from_files([tmp_path / "enhanced.dcm"], [header])
+    assert caught.value.code == "duplicate_slices"
+    assert "(frames 1 and 2)" in caught.value.detail or "(frames 2 and 1)" in caught.value.detail

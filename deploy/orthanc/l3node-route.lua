@@ -1,11 +1,13 @@
 -- Auto-route CT image series to l3node once Orthanc considers them stable
 -- (no new instance for "StableAge" seconds). One association per series.
--- Only CT Image Storage and Enhanced CT Image Storage are routed: the SEG, SR and
+-- Only CT images (one instance per slice, or Enhanced / Legacy Converted Enhanced CT
+-- multi-frame) are routed: the SEG, SR and
 -- secondary capture that l3node sends back are never routed again.
 
 local CT_SOP_CLASSES = {
   ["1.2.840.10008.5.1.4.1.1.2"] = true,    -- CT Image Storage
   ["1.2.840.10008.5.1.4.1.1.2.1"] = true,  -- Enhanced CT Image Storage
+  ["1.2.840.10008.5.1.4.1.1.2.2"] = true,  -- Legacy Converted Enhanced CT Image Storage
 }
 
 function OnStableSeries(seriesId, tags, metadata)

@@ -16,6 +16,7 @@ else in the package re-invents it.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from l3node.analysis.frames import expand_frames, frame_of
 from l3node.errors import SeriesRejected
 
 
@@ -175,12 +177,13 @@ def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float =
 
     along = positions @ normal
     order = np.argsort(along)
+    what = "frames" if frame_of(headers[0]) is not None else "instances"
     steps = np.diff(along[order])
     if np.any(steps < 1e-3):
         k = int(np.argmax(steps < 1e-3))
         pair = [headers[int(i)].get("InstanceNumber", "?") for i in order[k : k + 2]]
         raise SeriesRejected("duplicate_slices", f"slices share a position ({int(np.sum(steps < 1e-3))} duplicate(s)), "
-                             f"the first at {along[order[k]]:.1f} mm along the slice normal (instances "
+                             f"the first at {along[order[k]]:.1f} mm along the slice normal ({what} "
                              f"{pair[0]} and {pair[1]}): two reconstructions in one series?")
     step = float(np.median(steps))
     if np.any(steps > max_gap_ratio * step):
@@ -189,7 +192,7 @@ def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float =
         raise SeriesRejected(
             "missing_slices", f"gap of {steps[gap_at]:.2f} mm where spacing is {step:.2f} mm, between "
                               f"{along[order[gap_at]]:.1f} and {along[order[gap_at + 1]]:.1f} mm along the slice normal "
-                              f"(instances {pair[0]} and {pair[1]}): incomplete transfer?"
+                              f"({what} {pair[0]} and {pair[1]}): incomplete transfer?"
         )
     if np.any(np.abs(steps - step) > 0.1 * step):
         raise SeriesRejected("irregular_spacing", f"slice spacing varies {steps.min():.2f}..{steps.max():.2f} mm")
@@ -259,7 +262,10 @@ def check_hu_scale(volume: Volume, header: pydicom.Dataset) -> None:
 
 
 def _hu_plane(ds: pydicom.Dataset) -> np.ndarray:
-    pixels = ds.pixel_array
+    return _rescaled(ds.pixel_array, ds)
+
+
+def _rescaled(pixels: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
@@ -312,12 +318,15 @@ def volume_from_files(
     """Read one series from files: geometry from ``headers``, pixels decoded file by file.
 
     Only one decoded slice per thread is in memory besides the volume, which keeps
-    a 512x512x300 study well under the node's memory budget.
+    a 512x512x300 study well under the node's memory budget. A multi-frame (Enhanced)
+    CT instance stands for its frames (:func:`l3node.analysis.frames.frame_views`); it is
+    decoded once, whole, and its stored pixels (2 bytes each) held while the volume fills.
 
     Returns
     -------
     volume, headers
-        The volume and the headers in volume slice order (``headers[k]`` is slice ``k``).
+        The volume and the headers in volume slice order (``headers[k]`` is slice ``k``;
+        a frame view for a frame of a multi-frame instance).
 
     Raises
     ------
@@ -325,17 +334,28 @@ def volume_from_files(
         See :func:`check_geometry`; ``unreadable_pixels`` naming the instance whose pixel
         data cannot be decoded (truncated, unsupported compression).
     """
+    paths, headers = expand_frames(paths, headers)
     geometry = check_geometry(headers, max_gap_ratio=max_gap_ratio)
     threads = min(4, os.cpu_count() or 1)
+    # Frame views of a multi-frame instance share one file: decoded once, on first use.
+    frames: dict[Path, np.ndarray] = {}
+    frames_lock = threading.Lock()
 
     def read_plane(i: int) -> np.ndarray:
+        ref = frame_of(headers[i])
+        what = f"frame {ref.number} of" if ref is not None else f"instance {headers[i].get('InstanceNumber', '?')}"
         try:
-            return _hu_plane(pydicom.dcmread(paths[i]))
+            if ref is None:
+                return _hu_plane(pydicom.dcmread(paths[i]))
+            with frames_lock:
+                if paths[i] not in frames:
+                    pixels = pydicom.dcmread(paths[i]).pixel_array
+                    frames[paths[i]] = pixels.reshape(-1, *pixels.shape[-2:])
+            return _rescaled(frames[paths[i]][ref.number - 1], headers[i])
         except Exception as exc:  # truncated or undecodable pixel data: say which instance
             raise SeriesRejected(
                 "unreadable_pixels",
-                f"instance {headers[i].get('InstanceNumber', '?')} (file {Path(paths[i]).name}): "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{what} (file {Path(paths[i]).name}): {type(exc).__name__}: {exc}") from exc
 
     volume = _assemble(geometry, read_plane, [ds.SOPInstanceUID for ds in headers], threads=threads)
     check_hu_scale(volume, headers[0])

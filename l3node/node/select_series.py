@@ -6,7 +6,7 @@ done later by ``l3node.analysis.volume``. Each series that is not chosen gets a
 reason ``"<code>: <detail>"`` with a stable code, in the order the rules are
 applied:
 
-``non_image_object``, ``modality``, ``localizer``, ``image_type_excluded``,
+``non_image_object``, ``modality``, ``mixed_sop_classes``, ``localizer``, ``image_type_excluded``,
 ``image_type_missing``, ``orientation_unknown``, ``not_axial``,
 ``mixed_orientation``, ``slice_thickness_unknown``, ``slice_thickness``,
 ``description_excluded``, ``description_not_included``, ``too_few_instances``;
@@ -37,9 +37,8 @@ CT_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
 }
-CLASSIC_CT = "1.2.840.10008.5.1.4.1.1.2"
-"""The only CT SOP class analysed: one single-frame instance per slice. Enhanced and Legacy
-Converted Enhanced CT (one multi-frame instance) are recognised and declined with that reason."""
+"""All three are analysed: single-frame CT (an instance per slice) and the multi-frame Enhanced
+and Legacy Converted Enhanced CT (their frames as slices, :mod:`l3node.analysis.frames`)."""
 # A slice whose normal is within this angle of patient z counts as axial; tilted
 # gantry acquisitions (usually < 30 degrees) pass here and are resampled or
 # rejected by the volume module.
@@ -153,11 +152,9 @@ def _check(datasets: Sequence[pydicom.Dataset], rules: SelectionConfig) -> tuple
         return f"non_image_object: {names} (Modality {modality or 'missing'}) is not a CT image", None
     if modality not in {m.upper() for m in rules.modalities}:
         return f"modality: {modality or 'missing'} not in {', '.join(rules.modalities)}", None
-    multi_frame = sorted(sop_classes - {CLASSIC_CT})
-    if multi_frame:
-        names = ", ".join(CT_IMAGE_SOP_CLASSES[s] for s in multi_frame)
-        return (f"enhanced_ct: {names} (multi-frame) is not analysed; have the modality or PACS send "
-                "this series as CT Image Storage (one instance per slice)"), None
+    if len(sop_classes) > 1:
+        names = ", ".join(sorted(CT_IMAGE_SOP_CLASSES[s] for s in sop_classes))
+        return f"mixed_sop_classes: {names} in one series (one reconstruction stored two ways?)", None
 
     image_types = set()
     for ds in datasets:

@@ -12,7 +12,8 @@ Choices (PS3.3 A.51 Segmentation IOD, C.8.20):
   object to an all-zero frame.
 * The frame geometry is the source image's own (highdicom copies Image Position /
   Orientation and Pixel Spacing from the single source image), so viewers overlay it
-  unflipped.
+  unflipped. For a frame of an Enhanced CT the source is the multi-frame instance and
+  the L3 frame is found by its position (Referenced Frame Number in the derivation).
 * Codes: :mod:`l3node.outputs.codes` (category SCT 85756007 Tissue; types per CID 7151/7166).
 """
 
@@ -26,6 +27,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import l3node
+from l3node.analysis.frames import frame_of
 from l3node.analysis.tissues import Tissue
 from l3node.config import OutputsConfig
 from l3node.outputs import codes
@@ -132,10 +134,15 @@ def make_seg(
     if unexpected:
         raise ValueError(f"labels hold values that are not tissues: {unexpected}")
 
+    frame = frame_of(source)
     seg = hd.seg.Segmentation(
-        source_images=[source],
+        # A frame of a multi-frame CT: the instance, and the frame found by its position
+        # (highdicom writes the Referenced Frame Number).
+        source_images=[frame.instance if frame is not None else source],
         # A 2D label array: highdicom splits it into one binary frame per segment number.
         pixel_array=labels.astype(np.uint8)[np.newaxis],
+        plane_positions=None if frame is None else [
+            hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in source.ImagePositionPatient])],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(algorithm),
         series_instance_uid=generate_uid(),

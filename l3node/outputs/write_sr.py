@@ -9,7 +9,8 @@ Content tree (PS3.16 TID 1500; codes in :mod:`l3node.outputs.codes`)::
         4 x Measurement Group (TID 1411 Volumetric ROI), one per tissue:
             tracking identifier = the SEG segment's Tracking UID and label
             Referenced Segment: SEG instance + segment number (no frame number) and
-              Source Image for Segmentation: the CT image (no frame number)
+              Source Image for Segmentation: the CT image (no frame number; for an
+              Enhanced CT, the instance and the L3 frame's number)
             finding type (segment property type), finding sites: L3 vertebra
               (+ anatomic region for the fat compartments), algorithm (TID 4019)
             Area [cm2]; Attenuation Coefficient mean and SD [HU] (absent if area 0),
@@ -41,6 +42,7 @@ import pydicom
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import generate_uid
 
+from l3node.analysis.frames import frame_of
 from l3node.analysis.locate_l3 import L3Location, L3Status, Variant
 from l3node.analysis.measure import Measurements, PatientFacts, TissueMeasurement
 from l3node.analysis.tissues import Tissue
@@ -182,6 +184,13 @@ def _segment_tracking(seg: pydicom.Dataset) -> dict[int, tuple[str, str]]:
     }
 
 
+def _source_image(item_class: type, l3_source: pydicom.Dataset):
+    """An IMAGE reference to the L3 slice: the CT image, or the multi-frame instance and its frame."""
+    frame = frame_of(l3_source)
+    return item_class(l3_source.SOPClassUID, l3_source.SOPInstanceUID,
+                      referenced_frame_numbers=[frame.number] if frame is not None else None)
+
+
 def tissue_groups(
     l3_source: pydicom.Dataset,
     seg: pydicom.Dataset,
@@ -191,7 +200,7 @@ def tissue_groups(
     """One TID 1411 group per measured tissue, referencing its SEG segment (number == Tissue)."""
     segments = {int(item.SegmentNumber) for item in seg.SegmentSequence}
     tracking = _segment_tracking(seg)
-    image_ref = hd.sr.SourceImageForMeasurement(l3_source.SOPClassUID, l3_source.SOPInstanceUID)
+    image_ref = _source_image(hd.sr.SourceImageForMeasurement, l3_source)
     groups = []
     for tissue in Tissue:
         measured = measurements.tissues.get(tissue)
@@ -214,7 +223,7 @@ def tissue_groups(
                     sop_instance_uid=seg.SOPInstanceUID,
                     segment_number=int(tissue),
                     source_images=[
-                        hd.sr.SourceImageForSegmentation(l3_source.SOPClassUID, l3_source.SOPInstanceUID)
+                        _source_image(hd.sr.SourceImageForSegmentation, l3_source)
                     ],
                 ),
                 finding_type=coding.property_type,
@@ -280,7 +289,7 @@ def summary_group(
             hd.sr.QualitativeEvaluation(codes.ANATOMIC_VARIANT, codes.VARIANT_CODES[l3.variant]),
             hd.sr.QualitativeEvaluation(codes.NEEDS_REVIEW, codes.YES if needs_review(l3, measurements) else codes.NO),
         ],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(l3_source.SOPClassUID, l3_source.SOPInstanceUID)],
+        source_images=[_source_image(hd.sr.SourceImageForMeasurementGroup, l3_source)],
     )
     # Free text has no highdicom parameter in TID 1501; TEXT children are allowed by the
     # Comprehensive SR IOD's relationship constraints (PS3.3 A.35.3.3.1.2).

@@ -34,7 +34,8 @@ __all__ = ["VERTEBRA_CODES", "is_dicom_case", "read_dicom_case", "tissue_labels"
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"
-"""CT Image Storage, one instance per slice (multi-frame Enhanced CT is not read, as in the node)."""
+"""CT Image Storage, one instance per slice. Site cases in multi-frame Enhanced CT are not read
+(the node analyses them; here the reference SEG would have to be matched to frame numbers)."""
 
 VERTEBRA_CODES: dict[str, str] = {
     getattr(codes.SCT, f"{name}Vertebra").value: name
