@@ -214,6 +214,21 @@ def test_enhanced_ct_is_measured_as_its_slices(phantom_study, analysed, tmp_path
             assert run_dciodvfy(tmp_path / "out" / name) == [], name
 
 
+def test_compressed_enhanced_ct_is_measured_the_same(phantom_study, analysed, tmp_path):
+    """Enhanced CT is often archived JPEG 2000 lossless: all frames decoded, same answer."""
+    from pydicom.uid import JPEG2000Lossless
+
+    path = _as_enhanced_ct(phantom_study, tmp_path / "study")
+    enhanced = pydicom.dcmread(path)
+    enhanced.compress(JPEG2000Lossless)
+    enhanced.save_as(path)
+    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
+    assert outcome.status == "done", outcome.reason
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    single = json.loads((analysed[1] / "results.json").read_text())
+    assert results["tissues"] == single["tissues"] and results["l3"]["z_mm"] == single["l3"]["z_mm"]
+
+
 def _sr_image_frames(items) -> list[int | None]:
     frames = []
     for item in items:
