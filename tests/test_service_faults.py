@@ -387,3 +387,36 @@ def test_reanalyse_after_a_fix_delivers_a_study_whose_analysis_failed(tmp_path, 
         assert "0 round(s) to analyse again" in capsys.readouterr().out
     finally:
         node.stop()
+
+
+def test_a_late_slice_completes_its_series(tmp_path, pacs):
+    """A slice whose C-STORE came late (after the quiet period): round 0 is declined as
+    incomplete; the slice opens round 1, which holds the whole series again and is measured.
+    Without it, round 1 held the one slice and no resend could ever complete the study (the
+    PACS's resent instances of round 0 are dropped on receipt)."""
+    import pydicom
+
+    from l3node.phantom import main_phantom
+
+    phantom = main_phantom("normal", 11, tmp_path / "phantom", matrix=256, slice_thickness_mm=3.0,
+                           scan_range="abdomen_pelvis")
+    slices = [pydicom.dcmread(p) for p in sorted((phantom / "dicom").glob("*.dcm"))]
+    study = str(slices[0].StudyInstanceUID)
+    late = slices.pop(len(slices) // 2)
+    config = make_config(tmp_path / "var", free_port(),
+                         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}])
+    node = Node(config, poll_s=0.05)
+    node.start()
+    try:
+        assert store(node.receiver.port, slices) == [0] * len(slices)
+        assert node.wait_idle(60)
+        assert store(node.receiver.port, slices[:3] + [late]) == [0] * 4  # a resend: 3 known, 1 new
+        assert node.wait_idle(60)
+        rounds = node.audit.studies(study)
+        assert [(r["round"], r["state"], r["instances"]) for r in rounds] == [
+            (0, "declined", len(slices)), (1, "done", len(slices) + 1)]
+        assert rounds[0]["reason"].startswith("no_usable_series") and "missing_slices" in rounds[0]["reason"]
+        modalities = sorted(str(ds.Modality) for ds in pacs.datasets.values())
+        assert modalities == ["OT", "SEG", "SR", "SR"]  # round 0's declined report; round 1's results
+    finally:
+        node.stop()

@@ -1,9 +1,10 @@
 """Per-study records in ``audit.db`` and the study state machine.
 
 A study arrives in *rounds*: round 0 is what the PACS sends first; an instance that
-arrives after the round was claimed for analysis opens round 1, analysed on its
-own once complete (the PACS sent more — e.g. a late series — so it gets a fresh
-analysis; earlier results are not withdrawn). An instance already part of a claimed
+arrives after the round was claimed for analysis opens round 1, analysed once complete
+(the PACS sent more, so it gets a fresh analysis; earlier results are not withdrawn):
+a late series on its own, late instances of a series already received together with
+that series' earlier instances (:meth:`l3node.node.spool.Spool.complete_series`). An instance already part of a claimed
 round (same study, series and SOP instance UID: a PACS retry or re-route) is
 acknowledged and dropped by the receiver and opens no round. States of one round::
 

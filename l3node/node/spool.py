@@ -169,10 +169,11 @@ class Spool:
         return sorted(p.name for p in (self.root / "incoming").iterdir() if p.is_dir() and any(p.glob("*/*.dcm")))
 
     def claim(self, study_uid: str, round_: int) -> Path:
-        """Move ``incoming/<study>`` to ``work/<study>/r<round>`` (atomic rename).
+        """Move ``incoming/<study>`` to ``work/<study>/r<round>`` (atomic rename), then
+        complete its series from earlier rounds (:meth:`complete_series`).
 
         Idempotent: if the move already happened (a crash after it), the work
-        folder is returned as is.
+        folder is completed and returned.
 
         Raises
         ------
@@ -196,7 +197,40 @@ class Spool:
                 fsync_dir(source.parent)
             elif not target.is_dir():
                 raise FileNotFoundError(f"no instances for study {study_uid} round {round_}")
+            self.complete_series(study_uid, round_)
         return target
+
+    def complete_series(self, study_uid: str, round_: int) -> int:
+        """Add to a claimed round the instances that earlier rounds hold of its series.
+
+        The series is what is analysed: when more of a series arrives after its round was
+        claimed (a slice whose C-STORE failed and was retried, the rest of an interrupted
+        transfer, a PACS resending the series: its known instances are dropped on receipt),
+        the new round must hold the whole series, not only its late part, or it is
+        declined as incomplete again. Series new in this round are left as they are (a late
+        series is analysed on its own). Hard links, a copy where the file system has none;
+        idempotent. Returns the number of instances added.
+        """
+        target = self.work_dir(study_uid, round_)
+        earlier = [r for area in ("work", "done", "failed") if (self.root / area / study_uid).is_dir()
+                   for r in (self.root / area / study_uid).iterdir() if _round_number(r) < round_]
+        added = 0
+        for series in (p for p in target.iterdir() if p.is_dir()):
+            for round_dir in earlier:
+                for instance in (round_dir / series.name).glob("*.dcm"):
+                    copy = series / instance.name
+                    if copy.exists():
+                        continue
+                    try:
+                        os.link(instance, copy)
+                    except OSError:  # no hard links here: copy whole, then rename into place
+                        partial = self.root / "tmp" / f"{instance.name}.part"
+                        shutil.copy2(instance, partial)
+                        os.replace(partial, copy)
+                    added += 1
+            if added:
+                fsync_dir(series)
+        return added
 
     def finish(self, study_uid: str, round_: int, failed: bool, reason: dict) -> Path:
         """Move the work folder to ``done/`` or ``failed/`` and write ``reason.json`` there.
@@ -242,6 +276,12 @@ def reopen_failed_round(root: Path, study_uid: str, round_: int) -> None:
         fsync_dir(work.parent)
         if not any(failed.parent.iterdir()):
             failed.parent.rmdir()
+
+
+def _round_number(round_dir: Path) -> int:
+    """``r3`` -> 3; anything else sorts after every round."""
+    name = round_dir.name
+    return int(name[1:]) if name.startswith("r") and name[1:].isdigit() else 1 << 30
 
 
 def _round_dir(root: Path, area: str, study_uid: str, round_: int) -> Path:
