@@ -216,6 +216,7 @@ class Spool:
                    for r in (self.root / area / study_uid).iterdir() if _round_number(r) < round_]
         added = 0
         for series in (p for p in target.iterdir() if p.is_dir()):
+            before = added
             for round_dir in earlier:
                 for instance in (round_dir / series.name).glob("*.dcm"):
                     copy = series / instance.name
@@ -228,7 +229,7 @@ class Spool:
                         shutil.copy2(instance, partial)
                         os.replace(partial, copy)
                     added += 1
-            if added:
+            if added > before:
                 fsync_dir(series)
         return added
 
