@@ -78,11 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     resend.add_argument("--destination", default=None, help="only sends to this destination (its name)")
     resend.set_defaults(func=_resend)
 
-    reanalyse = sub.add_parser("reanalyse", help="analyse again the rounds whose analysis failed (after a fix)")
+    reanalyse = sub.add_parser("reanalyse", help="analyse again the rounds whose analysis failed (after a fix), "
+                                                 "or were declined (--declined)")
     reanalyse.add_argument("--config", type=Path, default=None)
     which = reanalyse.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", default=None, help="this StudyInstanceUID")
     which.add_argument("--all", action="store_true", help="every round whose analysis failed")
+    reanalyse.add_argument("--declined", action="store_true",
+                           help="also the rounds that were declined (after a change of selection rules, or an "
+                                "upgrade that reads what was declined), while their instances are kept")
     reanalyse.set_defaults(func=_reanalyse)
 
     phantom = sub.add_parser("phantom", help="write a synthetic CT study with known anatomy")
@@ -199,7 +203,7 @@ def _open_audit_db(config):
 
 def _resend(args: argparse.Namespace) -> int:
     from l3node.node.outbox import failed_rounds, requeue_failed
-    from l3node.node.spool import reopen_failed_round
+    from l3node.node.spool import reopen_round
 
     config = _load(args.config)
     names = [d.name for d in config.destinations]
@@ -213,7 +217,7 @@ def _resend(args: argparse.Namespace) -> int:
     with closing(db):
         rounds = failed_rounds(db, args.study, args.destination)
         for r in rounds:  # the spool first: a sender finishing the round moves it from work/
-            reopen_failed_round(config.storage.root, r["study_uid"], r["round"])
+            reopen_round(config.storage.root, r["study_uid"], r["round"], "failed")
         requeued = requeue_failed(db, rounds, args.destination)
     for r in rounds:
         print(f"{r['study_uid']} round {r['round']}: {r['sends']} send(s) requeued")
@@ -224,7 +228,7 @@ def _resend(args: argparse.Namespace) -> int:
 
 def _reanalyse(args: argparse.Namespace) -> int:
     from l3node.node.audit import Audit
-    from l3node.node.spool import reopen_failed_round
+    from l3node.node.spool import reopen_round
 
     config = _load(args.config)
     db = _open_audit_db(config)
@@ -232,12 +236,21 @@ def _reanalyse(args: argparse.Namespace) -> int:
         return 2
     with closing(db):
         audit = Audit(db)
-        rounds = audit.failed_analyses(args.study)
-        for r in rounds:  # the spool first: the worker analyses from work/
-            reopen_failed_round(config.storage.root, r["study_uid"], r["round"])
-        reopened = audit.reopen_for_analysis([r["id"] for r in rounds])
-    for r in rounds:
+        rounds = [(r, "failed") for r in audit.failed_analyses(args.study)]
+        if args.declined:
+            rounds += [(r, "done") for r in audit.declined_rounds(args.study)]
+        kept, gone = [], []
+        for r, area in rounds:  # the spool first: the worker analyses from work/
+            if reopen_round(config.storage.root, r["study_uid"], r["round"], area):
+                kept.append(r)
+            else:
+                gone.append(r)
+        reopened = audit.reopen_for_analysis([r["id"] for r in kept])
+    for r in kept:
         print(f"{r['study_uid']} round {r['round']} (was: {r['reason'][:200]})")
+    for r in gone:
+        print(f"{r['study_uid']} round {r['round']}: its instances are no longer kept "
+              "(storage.keep_done_studies_days); have the PACS send the study again")
     print(f"{reopened} round(s) to analyse again; a running node starts now, a stopped one when it starts"
           + ("" if rounds or args.all else " (failed sends are retried with `l3node resend`)"))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -385,6 +386,49 @@ def test_reanalyse_after_a_fix_delivers_a_study_whose_analysis_failed(tmp_path, 
 
         assert main(["reanalyse", "--config", str(config), "--all"]) == 0
         assert "0 round(s) to analyse again" in capsys.readouterr().out
+    finally:
+        node.stop()
+
+
+def test_reanalyse_declined_after_a_rule_change(tmp_path, pacs, capsys):
+    """A study declined by the rules in force is analysed again with `reanalyse --declined`
+    once the rules allow it (here, after an upgrade that reads what was declined), and
+    delivered; without --declined it is left alone, and a round whose instances were
+    purged is named, not reopened."""
+    from l3node.cli import main
+    from tests.node_helpers import StudyOutcome
+
+    reads_it = {"yes": False}
+
+    def analyse(study_dir, out_dir, config):
+        if not reads_it["yes"]:
+            return StudyOutcome(status="declined", reason="no_eligible_series: enhanced_ct: not analysed")
+        return small_analysis(study_dir, out_dir, config)
+
+    node = _node(tmp_path, analyse, pacs.port)
+    try:
+        study, purged = generate_uid(), generate_uid()
+        store(node.receiver.port, make_series(study, 2))
+        store(node.receiver.port, make_series(purged, 2))
+        assert node.wait_idle(20)
+        assert [node.audit.studies(s)[0]["state"] for s in (study, purged)] == ["declined", "declined"]
+        shutil.rmtree(node.spool.final_dir(purged, 0, failed=False))  # as keep_done_studies_days does
+        config = tmp_path / "node.yaml"
+        config.write_text(yaml.safe_dump(json.loads(node.config.model_dump_json())))
+        reads_it["yes"] = True
+
+        assert main(["reanalyse", "--config", str(config), "--all"]) == 0
+        assert "0 round(s) to analyse again" in capsys.readouterr().out
+        assert main(["reanalyse", "--config", str(config), "--all", "--declined"]) == 0
+        printed = capsys.readouterr().out
+        assert f"{study} round 0 (was: no_eligible_series: enhanced_ct: not analysed)" in printed
+        assert f"{purged} round 0: its instances are no longer kept" in printed
+        assert "1 round(s) to analyse again" in printed
+        assert wait_for(lambda: node.audit.studies(study)[0]["state"] == "done", timeout_s=20)
+        (record,) = node.audit.studies(study)
+        assert record["reason"] == "delivered"
+        assert {o["sop_instance_uid"] for o in record["outputs"]} <= set(pacs.received)
+        assert node.audit.studies(purged)[0]["state"] == "declined"
     finally:
         node.stop()
 

@@ -217,13 +217,25 @@ class Audit:
             params = (study_uid,)
         return [dict(r) for r in self.db.query(sql + " ORDER BY id", params)]
 
+    def declined_rounds(self, study_uid: str | None = None) -> list[dict]:
+        """Rounds that ended ``declined`` (no result, a reason given): ``id``, ``study_uid``,
+        ``round``, ``reason``. Analysed again after a change that may answer them (selection
+        rules, an upgrade that reads what was declined)."""
+        sql = "SELECT id, study_uid, round, reason FROM studies WHERE state = 'declined'"
+        params: tuple = ()
+        if study_uid is not None:
+            sql += " AND study_uid = ?"
+            params = (study_uid,)
+        return [dict(r) for r in self.db.query(sql + " ORDER BY id", params)]
+
     def reopen_for_analysis(self, study_ids: list[int]) -> int:
-        """failed -> analysing with no attempts counted, so that the worker analyses the
-        round again from ``work/`` (as after an interrupted analysis). Returns the rounds reopened."""
+        """failed or declined -> analysing with no attempts counted, so that the worker
+        analyses the round again from ``work/`` (as after an interrupted analysis). Returns
+        the rounds reopened."""
         with self.db.transaction() as conn:
             return sum(conn.execute(
                 "UPDATE studies SET state = 'analysing', reason = '', finished_at = NULL, analysis_attempts = 0 "
-                "WHERE id = ? AND state = 'failed'", (study_id,)).rowcount for study_id in study_ids)
+                "WHERE id = ? AND state IN ('failed', 'declined')", (study_id,)).rowcount for study_id in study_ids)
 
     def sends_settled(self, study_id: int) -> tuple[bool, list[dict]]:
         """Whether no outbox row of the round is pending, and the rows' answers."""

@@ -257,9 +257,10 @@ class Spool:
         return final
 
 
-def reopen_failed_round(root: Path, study_uid: str, round_: int) -> None:
-    """Move a round from ``failed/`` back to ``work/``, where its sends are retried or its
-    analysis redone; idempotent.
+def reopen_round(root: Path, study_uid: str, round_: int, area: str) -> bool:
+    """Move a round from ``failed/`` or ``done/`` back to ``work/``, where its sends are
+    retried or its analysis redone; idempotent. Returns whether the round is in ``work/``
+    (False: its instances are no longer kept, e.g. purged after ``keep_done_studies_days``).
 
     A function of the storage root, not of :class:`Spool`: it runs from ``l3node resend``
     and ``l3node reanalyse`` beside a running node, and opening a :class:`Spool` clears ``tmp/``, where that node
@@ -270,13 +271,16 @@ def reopen_failed_round(root: Path, study_uid: str, round_: int) -> None:
     OSError
         If the disk is unwritable.
     """
-    failed, work = _round_dir(root, "failed", study_uid, round_), _round_dir(root, "work", study_uid, round_)
-    if failed.is_dir() and not work.exists():
+    if area not in ("failed", "done"):
+        raise ValueError(f"rounds are reopened from failed/ or done/, not {area}/")
+    final, work = _round_dir(root, area, study_uid, round_), _round_dir(root, "work", study_uid, round_)
+    if final.is_dir() and not work.exists():
         work.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(failed, work)
+        os.replace(final, work)
         fsync_dir(work.parent)
-        if not any(failed.parent.iterdir()):
-            failed.parent.rmdir()
+        if not any(final.parent.iterdir()):
+            final.parent.rmdir()
+    return work.is_dir()
 
 
 def _round_number(round_dir: Path) -> int:
