@@ -117,7 +117,8 @@ def test_chest_only_study_is_declined_not_invented(tmp_path):
 def test_real_jpeg2000_slices_are_declined_cleanly(tmp_path):
     """20 real slices (JPEG 2000). As distributed their Study, Series and SOP Instance UIDs are
     empty: declined as unusable files, saying which UIDs. With the UIDs a PACS would hold, they
-    are decoded and declined for the anatomy (40 mm of spine, no rib or sacrum to count from)."""
+    are decoded and declined for the anatomy (40 mm of spine, no rib or sacrum to count from),
+    also as one multi-frame instance (real Siemens headers through the frames path)."""
     assert main(["run", str(REAL_DICOM), "--out", str(tmp_path / "as_is")]) == 3
     results = json.loads((tmp_path / "as_is" / "results.json").read_text())
     assert results["status"] == "declined"
@@ -139,6 +140,22 @@ def test_real_jpeg2000_slices_are_declined_cleanly(tmp_path):
     assert results["reason"].split(":")[0] in {"l3_not_identified", "l3_not_in_field_of_view"}
     assert results["rejected_series"] == {series[1]: results["reason"]}
     assert "declined_sr" in results["outputs"]
+
+    # The same real slices as one JPEG 2000 Legacy Converted Enhanced CT: the same answer.
+    import highdicom as hd
+    from pydicom.uid import JPEG2000Lossless
+
+    slices = [pydicom.dcmread(p) for p in sorted(study.glob("*.dcm"))]
+    for ds in slices:
+        ds.decompress()
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1)
+    enhanced.compress(JPEG2000Lossless)
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "enhanced.dcm")
+    assert main(["run", str(tmp_path / "enhanced"), "--out", str(tmp_path / "out_enhanced")]) == 3
+    as_frames = json.loads((tmp_path / "out_enhanced" / "results.json").read_text())
+    assert as_frames["reason"] == results["reason"]
 
 
 def test_a_truncated_slice_is_named_in_the_decline(phantom_study, tmp_path):
