@@ -343,7 +343,6 @@ def volume_from_files(
 
     def read_plane(i: int) -> np.ndarray:
         ref = frame_of(headers[i])
-        what = f"frame {ref.number} of" if ref is not None else f"instance {headers[i].get('InstanceNumber', '?')}"
         try:
             if ref is None:
                 return _hu_plane(pydicom.dcmread(paths[i]))
@@ -353,6 +352,7 @@ def volume_from_files(
                     frames[paths[i]] = pixels.reshape(-1, *pixels.shape[-2:])
             return _rescaled(frames[paths[i]][ref.number - 1], headers[i])
         except Exception as exc:  # truncated or undecodable pixel data: say which instance
+            what = f"frame {ref.number} of" if ref is not None else f"instance {headers[i].get('InstanceNumber', '?')}"
             raise SeriesRejected(
                 "unreadable_pixels",
                 f"{what} (file {Path(paths[i]).name}): {type(exc).__name__}: {exc}") from exc

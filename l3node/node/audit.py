@@ -209,19 +209,17 @@ class Audit:
         """Rounds that ended ``failed`` before anything was enqueued (analysis errors,
         interrupted analyses): ``id``, ``study_uid``, ``round``, ``reason``. Failed sends are
         :func:`l3node.node.outbox.failed_rounds`."""
-        sql = ("SELECT id, study_uid, round, reason FROM studies WHERE state = 'failed' "
-               "AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.study_id = studies.id)")
-        params: tuple = ()
-        if study_uid is not None:
-            sql += " AND study_uid = ?"
-            params = (study_uid,)
-        return [dict(r) for r in self.db.query(sql + " ORDER BY id", params)]
+        return self._rounds("state = 'failed' AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.study_id = studies.id)",
+                            study_uid)
 
     def declined_rounds(self, study_uid: str | None = None) -> list[dict]:
         """Rounds that ended ``declined`` (no result, a reason given): ``id``, ``study_uid``,
         ``round``, ``reason``. Analysed again after a change that may answer them (selection
         rules, an upgrade that reads what was declined)."""
-        sql = "SELECT id, study_uid, round, reason FROM studies WHERE state = 'declined'"
+        return self._rounds("state = 'declined'", study_uid)
+
+    def _rounds(self, condition: str, study_uid: str | None) -> list[dict]:
+        sql = f"SELECT id, study_uid, round, reason FROM studies WHERE {condition}"
         params: tuple = ()
         if study_uid is not None:
             sql += " AND study_uid = ?"
