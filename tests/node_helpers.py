@@ -100,13 +100,9 @@ def store(port: int, datasets: list[Dataset], calling_ae: str = "PACS", called_a
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     if contexts is None:
-        wanted: dict[str, list[str]] = {}
-        for ds in datasets:
-            ts = wanted.setdefault(str(ds.SOPClassUID), [])
-            if str(ds.file_meta.TransferSyntaxUID) not in ts:
-                ts.append(str(ds.file_meta.TransferSyntaxUID))
-        for sop, ts in wanted.items():
-            ae.add_requested_context(sop, ts)
+        # One context per (SOP class, transfer syntax): the SCP accepts one syntax per context.
+        for sop, ts in dict.fromkeys((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets):
+            ae.add_requested_context(sop, [ts])
     else:
         for sop, ts in contexts:
             ae.add_requested_context(sop, ts)

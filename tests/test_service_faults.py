@@ -464,3 +464,61 @@ def test_a_late_slice_completes_its_series(tmp_path, pacs):
         assert modalities == ["OT", "SEG", "SR", "SR"]  # round 0's declined report; round 1's results
     finally:
         node.stop()
+
+
+def _undecodable_copy(ds):
+    """``ds`` as JPEG 2000 whose header is overwritten: it is received (the encapsulation is
+    whole) but its pixels cannot be decoded."""
+    import copy
+
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    broken = copy.deepcopy(ds)
+    broken.compress(pydicom.uid.JPEG2000Lossless, generate_instance_uid=False)
+    codestream = bytearray(next(generate_frames(broken.PixelData, number_of_frames=1)))
+    codestream[4:40] = b"\xff" * 36  # the SIZ marker segment (image size, components)
+    broken.PixelData = encapsulate([bytes(codestream)])
+    return broken
+
+
+def test_a_repaired_slice_resent_under_its_uid_is_analysed(tmp_path, pacs):
+    """A slice whose pixels cannot be decoded: round 0 is declined (unreadable pixels). The
+    PACS resends it repaired under the same SOP instance UID: it differs from the analysed
+    copy, so it is kept and opens round 1, which holds the whole series and is measured.
+    Before, every resend of an analysed instance was dropped, and the repair was lost. An
+    unchanged resend, even in another transfer syntax, is still dropped."""
+    import copy
+
+    import pydicom
+
+    from l3node.phantom import main_phantom
+
+    phantom = main_phantom("normal", 11, tmp_path / "phantom", matrix=256, slice_thickness_mm=3.0,
+                           scan_range="abdomen_pelvis")
+    slices = [pydicom.dcmread(p) for p in sorted((phantom / "dicom").glob("*.dcm"))]
+    study, series = str(slices[0].StudyInstanceUID), str(slices[0].SeriesInstanceUID)
+    middle = len(slices) // 2
+    repaired = slices[middle]
+    slices[middle] = _undecodable_copy(repaired)
+    config = make_config(tmp_path / "var", free_port(),
+                         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}])
+    node = Node(config, poll_s=0.05)
+    node.start()
+    try:
+        assert store(node.receiver.port, slices) == [0] * len(slices)
+        assert node.wait_idle(60)
+        unchanged = copy.deepcopy(slices[0])
+        unchanged.compress(pydicom.uid.JPEG2000Lossless, generate_instance_uid=False)  # the same pixels
+        assert store(node.receiver.port, [unchanged, slices[1], repaired]) == [0] * 3
+        assert node.wait_idle(60)
+        rounds = node.audit.studies(study)
+        assert [(r["round"], r["state"]) for r in rounds] == [(0, "declined"), (1, "done")]
+        assert "unreadable_pixels" in rounds[0]["reason"]
+        analysed = config.storage.root / "done" / study / "r1" / series
+        assert len(list(analysed.glob("*.dcm"))) == len(slices)
+        kept = pydicom.dcmread(analysed / f"{slices[0].SOPInstanceUID}.dcm")
+        assert kept.file_meta.TransferSyntaxUID == slices[0].file_meta.TransferSyntaxUID  # the resend was dropped
+        assert pydicom.dcmread(analysed / f"{repaired.SOPInstanceUID}.dcm").pixel_array.shape == (256, 256)
+    finally:
+        node.stop()

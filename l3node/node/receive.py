@@ -14,11 +14,15 @@ title must be the node's.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import struct
 from enum import IntEnum
+from pathlib import Path
 
+import numpy as np
 import pydicom
+from pydicom.tag import Tag
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
@@ -63,6 +67,9 @@ TRANSFER_SYNTAXES = (
     pydicom.uid.JPEG2000,
     pydicom.uid.RLELossless,
 )
+
+
+PIXEL_DATA_TAG = Tag(0x7FE0, 0x0010)
 
 
 class InstanceRefused(Exception):
@@ -132,6 +139,32 @@ def inspect_instance(ds: pydicom.Dataset, transfer_syntax: UID, sop_class: str, 
         if len(value) < expected:
             raise InstanceRefused(StoreStatus.CORRUPT_PIXEL_DATA, f"pixel data truncated: {len(value)} of {expected} bytes")
     return study_uid, series_uid
+
+
+def same_instance(stored: Path, received: bytes) -> bool:
+    """Whether a received instance (file meta + data set, as stored) holds what a stored
+    copy holds: the same public attributes and the same pixels.
+
+    The transfer syntax may differ (a re-route through another PACS): pixels are then
+    compared decoded. Private attributes and the file meta are not compared, since their
+    encoding changes with the transfer syntax. Anything that cannot be read or decoded
+    counts as different, so that the node analyses rather than drops.
+    """
+    try:
+        kept = pydicom.dcmread(stored)
+        new = pydicom.dcmread(io.BytesIO(received))
+        if _public_attributes(kept) != _public_attributes(new):
+            return False
+        if kept.file_meta.TransferSyntaxUID == new.file_meta.TransferSyntaxUID:
+            return kept.PixelData == new.PixelData
+        return bool(np.array_equal(kept.pixel_array, new.pixel_array))
+    except Exception:  # noqa: BLE001 - unreadable either side: not known to be the same
+        return False
+
+
+def _public_attributes(ds: pydicom.Dataset) -> dict:
+    return {element.tag: element.value for element in ds
+            if not element.tag.is_private and element.tag != PIXEL_DATA_TAG}
 
 
 class Receiver:
@@ -279,12 +312,17 @@ class Receiver:
         study_uid, series_uid = inspect_instance(ds, ts, sop_class, sop_uid)
         data = event.encoded_dataset(include_meta=True)
         with self.spool.lock:
-            if self.spool.already_claimed(study_uid, series_uid, sop_uid):
+            analysed = self.spool.claimed_copy(study_uid, series_uid, sop_uid)
+            if analysed is not None and same_instance(analysed, data):
                 # A resend of an instance already analysed (a PACS retry, a re-route):
                 # acknowledged and dropped, so it cannot open a one-instance round whose
-                # "declined" report would confuse the PACS. New instances do open a round.
+                # "declined" report would confuse the PACS. New instances do open a round,
+                # and so does a changed one (a slice resent after its pixels were repaired).
                 log.info("instance_already_analysed", study_uid=study_uid, series_uid=series_uid, calling_ae=calling)
                 return StoreStatus.SUCCESS
+            if analysed is not None:
+                log.info("instance_changed_since_analysed", study_uid=study_uid, series_uid=series_uid,
+                         calling_ae=calling)
             self.spool.store_instance(study_uid, series_uid, sop_uid, data)
             ref = self.audit.note_instance(study_uid, calling)
         log.debug("instance_stored", study_uid=study_uid, series_uid=series_uid, round=ref.round, calling_ae=calling)

@@ -155,14 +155,13 @@ class Spool:
         write_atomic(target, data, self.root / "tmp")
         return target
 
-    def already_claimed(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
-        """Whether this instance belongs to a round already claimed for analysis
-        (in ``work/``, ``done/`` or ``failed/``; purged rounds are forgotten)."""
-        for state in ("work", "done", "failed"):
-            base = self.root / state / study_uid
-            if base.is_dir() and any((r / series_uid / f"{sop_uid}.dcm").exists() for r in base.iterdir()):
-                return True
-        return False
+    def claimed_copy(self, study_uid: str, series_uid: str, sop_uid: str) -> Path | None:
+        """The newest copy of this instance in a round already claimed for analysis
+        (in ``work/``, ``done/`` or ``failed/``; purged rounds are forgotten), or None."""
+        copies = [r / series_uid / f"{sop_uid}.dcm" for state in ("work", "done", "failed")
+                  if (self.root / state / study_uid).is_dir() for r in (self.root / state / study_uid).iterdir()]
+        found = [c for c in copies if c.exists()]
+        return max(found, key=lambda c: _round_number(c.parent.parent)) if found else None
 
     def incoming_studies(self) -> list[str]:
         """Study UIDs that have a folder in ``incoming/`` holding at least one instance."""
