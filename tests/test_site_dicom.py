@@ -122,6 +122,34 @@ def test_node_seg_of_tissues_gives_the_labelled_slice(prone_phantom, tmp_path):
     assert result.slice_index == k
 
 
+def test_enhanced_ct_case_with_the_nodes_seg_of_one_frame(prone_phantom, tmp_path):
+    """A site case whose CT is one Legacy Converted Enhanced CT instance (made by highdicom from
+    the prone phantom's slices): the SEG of the L3 frame, written as the node writes it for
+    such a CT, gives the phantom's labels of that slice."""
+    from l3node.analysis.frames import frame_views
+
+    case = tmp_path / "site" / "case1"
+    volume, sources = _write_ct(prone_phantom, tmp_path / "slices")
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        sources, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(),
+        instance_number=1)
+    (case / "ct").mkdir(parents=True)
+    enhanced.save_as(case / "ct" / "enhanced.dcm")
+    k = prone_phantom.ground_truth["l3_slice_index"]
+    truth = prone_phantom.tissue_labels[k]
+    position = [float(v) for v in sources[k].ImagePositionPatient]
+    [view] = [v for v in frame_views(pydicom.dcmread(case / "ct" / "enhanced.dcm", stop_before_pixels=True))
+              if [float(x) for x in v.ImagePositionPatient] == position]
+    make_seg(view, volume.to_source_pixels(truth).astype(np.uint8), OutputsConfig(),
+             AlgorithmInfo(name="reader", version="1")).save_as(case / "seg.dcm")
+    read, seg = site_dicom.read_dicom_case(case)
+    labels = site_dicom.tissue_labels(seg, read)
+    assert np.nonzero(labels.any(axis=(1, 2)))[0].tolist() == [k]
+    assert np.array_equal(labels[k], truth)
+    [result] = evaluate_cases([str(case)])
+    assert result.slice_index == k and result.dice["site_skeletal_muscle"] > 0.9
+
+
 def test_bad_dicom_cases_are_clear_errors(prone_phantom, l3_site, tmp_path):
     other = tmp_path / "other"  # the SEG of one series beside the CT of another
     shutil.copytree(l3_site / "case1", other)

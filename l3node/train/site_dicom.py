@@ -14,6 +14,9 @@ that series:
   back, checked and corrected by a reader, is such a case.
 
 Frames are placed by the source image each references, so the SEG may cover only some slices.
+The CT may also be multi-frame (Enhanced or Legacy Converted Enhanced CT): its frames are its
+slices, and the SEG's frames must then reference the CT instance and frame they label (as the
+node's own SEG of such a CT does).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from l3node.analysis.frames import MULTI_FRAME_CT, frame_of
 from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, volume_from_files
 from l3node.outputs.codes import SEGMENT_CODINGS
@@ -33,9 +37,8 @@ from l3node.outputs.codes import SEGMENT_CODINGS
 __all__ = ["VERTEBRA_CODES", "is_dicom_case", "read_dicom_case", "tissue_labels", "vertebra_mask", "vertebra_names"]
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
-CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"
-"""CT Image Storage, one instance per slice. Site cases in multi-frame Enhanced CT are not read
-(the node analyses them; here the reference SEG would have to be matched to frame numbers)."""
+CT_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.2", *MULTI_FRAME_CT})
+"""CT Image Storage (one instance per slice), Enhanced and Legacy Converted Enhanced CT."""
 
 VERTEBRA_CODES: dict[str, str] = {
     getattr(codes.SCT, f"{name}Vertebra").value: name
@@ -80,7 +83,7 @@ def read_dicom_case(case: str | Path) -> tuple[Volume, hd.seg.Segmentation]:
             continue
         if _is_seg(header) and path.parent == case:
             segs.append(path)
-        elif str(getattr(header, "SOPClassUID", "")) == CT_SOP_CLASS_UID:
+        elif str(getattr(header, "SOPClassUID", "")) in CT_SOP_CLASS_UIDS:
             series.setdefault(str(header.SeriesInstanceUID), []).append((path, header))
     if len(segs) != 1:
         raise ValueError(f"{case}: a DICOM case needs exactly one SEG file directly in its folder, found {len(segs)}")
@@ -89,9 +92,12 @@ def read_dicom_case(case: str | Path) -> tuple[Volume, hd.seg.Segmentation]:
     found = [uid for uid in referenced if uid in series]
     if not found:
         raise ValueError(f"{case}: the SEG references series {', '.join(referenced) or '(none)'}, "
-                         f"but the folder holds CT Image Storage series {', '.join(series) or '(none)'}")
+                         f"but the folder holds CT series {', '.join(series) or '(none)'}")
     paths, headers = zip(*series[found[0]])
-    volume, _ = volume_from_files(list(paths), list(headers))
+    volume, ordered = volume_from_files(list(paths), list(headers))
+    frames = [frame_of(h) for h in ordered]
+    if any(frames):  # multi-frame CT: the SEG's frames reference (instance, frame) per slice
+        volume.extra["source_frames"] = [(str(f.instance.SOPInstanceUID), f.number) for f in frames]
     return volume, seg
 
 
@@ -102,10 +108,23 @@ def _segment_pixels(seg: hd.seg.Segmentation, volume: Volume, numbers: list[int]
     referenced = {uid for _, _, uid in seg.get_source_image_uids()}
     if not referenced & set(volume.sop_instance_uids):
         raise ValueError("no SEG frame references a slice of the CT series")
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=list(volume.sop_instance_uids), segment_numbers=numbers,
-        assert_missing_frames_are_empty=True, dtype=np.uint8,
-    ) > 0
+    frames = volume.extra.get("source_frames")
+    if frames is None:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=list(volume.sop_instance_uids), segment_numbers=numbers,
+            assert_missing_frames_are_empty=True, dtype=np.uint8,
+        ) > 0
+    else:
+        pixels = np.zeros((len(frames), *volume.shape[1:], len(numbers)), bool)
+        for uid in dict.fromkeys(uid for uid, _ in frames):
+            ks = [k for k, (u, _) in enumerate(frames) if u == uid]
+            try:
+                pixels[ks] = seg.get_pixels_by_source_frame(
+                    source_sop_instance_uid=uid, source_frame_numbers=[frames[k][1] for k in ks],
+                    segment_numbers=numbers, assert_missing_frames_are_empty=True, dtype=np.uint8,
+                ) > 0
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"the SEG's frames do not reference frames of the multi-frame CT instance: {exc}") from exc
     if volume.extra.get("flip_rows"):
         pixels = pixels[:, ::-1]
     if volume.extra.get("flip_cols"):
