@@ -85,7 +85,8 @@ class SelectionConfig(_Model):
 
     modalities: tuple[str, ...] = ("CT",)
     image_type_required: tuple[str, ...] = ("AXIAL",)
-    image_type_excluded: tuple[str, ...] = ("LOCALIZER", "SCOUT", "PROJECTION IMAGE", "MPR", "REFORMATTED")
+    image_type_excluded: tuple[str, ...] = ("LOCALIZER", "SCOUT", "PROJECTION IMAGE", "MPR", "REFORMATTED",
+                                            "MAXIMUM", "MINIMUM")
     slice_thickness_mm: Range = Range(min=0.5, max=5.0)
     description_include: str | None = None
     description_exclude: str | None = r"(?i)(scout|topo|locali[sz]er|dose|mip|lung|bone|coronal|sagittal)"

@@ -246,6 +246,26 @@ def test_compressed_enhanced_ct_is_measured_the_same(phantom_study, analysed, tm
     assert results["tissues"] == single["tissues"] and results["l3"]["z_mm"] == single["l3"]["z_mm"]
 
 
+def test_standard_enhanced_ct_volume_is_measured_the_same(phantom_study, analysed, tmp_path):
+    """Enhanced CT Image Storage as a scanner writes it: Image Type ORIGINAL\\PRIMARY\\VOLUME\\NONE
+    (no AXIAL flavour exists for it), the same in the frames' CT Image Frame Type. Before, the
+    series was declined for lacking AXIAL."""
+    from pydicom.uid import EnhancedCTImageStorage
+
+    path = _as_enhanced_ct(phantom_study, tmp_path / "study")
+    enhanced = pydicom.dcmread(path)
+    enhanced.SOPClassUID = enhanced.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    enhanced.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    [frame_type] = enhanced.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    enhanced.save_as(path)
+    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
+    assert outcome.status == "done", outcome.reason
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    single = json.loads((analysed[1] / "results.json").read_text())
+    assert results["tissues"] == single["tissues"] and results["l3"]["z_mm"] == single["l3"]["z_mm"]
+
+
 def _sr_image_frames(items) -> list[int | None]:
     frames = []
     for item in items:

@@ -65,6 +65,22 @@ def test_multi_frame_ct_is_eligible_and_not_mixed_with_single_frame(sop_class):
     assert result.selected == () and _code(result.rejected[uid]) == "mixed_sop_classes", result.rejected[uid]
 
 
+def test_enhanced_ct_volume_flavor_counts_as_axial_and_its_mip_is_excluded():
+    """Enhanced CT's Image Type has no AXIAL flavour (PS3.3 C.8.16.1.3): an axial volume is
+    ORIGINAL\\PRIMARY\\VOLUME\\NONE. Single-frame CT still needs AXIAL; a sagittal volume is
+    still not axial; an Enhanced CT MIP (Derived Pixel Contrast MAXIMUM) is excluded."""
+    volume = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    uid, series = _series(SOPClassUID=EnhancedCTImageStorage, ImageType=volume)
+    assert select_series({uid: series}, RULES).selected == (uid,)
+    uid, series = _series(ImageType=volume)
+    assert _code(select_series({uid: series}, RULES).rejected[uid]) == "image_type_missing"
+    uid, series = _series(SOPClassUID=EnhancedCTImageStorage, ImageType=volume,
+                          ImageOrientationPatient=[0, 1, 0, 0, 0, -1])
+    assert _code(select_series({uid: series}, RULES).rejected[uid]) == "not_axial"
+    uid, series = _series(SOPClassUID=EnhancedCTImageStorage, ImageType=["DERIVED", "SECONDARY", "VOLUME", "MAXIMUM"])
+    assert _code(select_series({uid: series}, RULES).rejected[uid]) == "image_type_excluded"
+
+
 def test_too_few_instances():
     uid, series = _series(n=2)
     result = select_series({uid: series}, RULES)

@@ -29,6 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import UID
 
+from l3node.analysis.frames import MULTI_FRAME_CT
 from l3node.config import SelectionConfig
 
 # PS3.4 B.5: CT image storage SOP classes whose pixels are a CT slice or volume.
@@ -167,6 +168,10 @@ def _check(datasets: Sequence[pydicom.Dataset], rules: SelectionConfig) -> tuple
     excluded = sorted(image_types & {t.upper() for t in rules.image_type_excluded})
     if excluded:
         return f"image_type_excluded: ImageType contains {', '.join(excluded)}", None
+    if "VOLUME" in image_types and sop_classes <= MULTI_FRAME_CT:
+        # Enhanced CT has no AXIAL image flavor (PS3.3 C.8.16.1.3): a volume of slices is
+        # VOLUME; that its slices are axial is checked on their orientation below.
+        image_types.add("AXIAL")
     missing = [t for t in rules.image_type_required if t.upper() not in image_types]
     if missing:
         return f"image_type_missing: ImageType lacks {', '.join(missing)}", None
