@@ -360,13 +360,14 @@ def test_store_dcmtk_jpeg_transfer_syntaxes_decode_after_spooling(scp, tmp_path,
         assert np.abs(decoded_hu - original_hu).mean() < 40
 
 
-def test_same_instance_compares_content_not_encoding(tmp_path):
+def test_instance_changes_compare_content_not_encoding(tmp_path):
     """A resend is "the same" when its public attributes and pixels are, whatever the
-    transfer syntax or private attributes; a changed attribute or pixel makes it new."""
+    transfer syntax, private attributes or attributes a PACS adds in transit; otherwise the
+    changes are named (keywords only, never values)."""
     import copy
     import io
 
-    from l3node.node.receive import same_instance
+    from l3node.node.receive import instance_changes
 
     def encoded(ds) -> bytes:
         buffer = io.BytesIO()
@@ -376,20 +377,23 @@ def test_same_instance_compares_content_not_encoding(tmp_path):
     original = make_ct(generate_uid(), generate_uid(), 0)
     stored = tmp_path / "stored.dcm"
     stored.write_bytes(encoded(original))
-    assert same_instance(stored, encoded(original))
+    assert instance_changes(stored, encoded(original)) == []
 
     recoded = copy.deepcopy(original)
     recoded.compress(RLELossless, generate_instance_uid=False)
     recoded.private_block(0x0009, "SOME PACS", create=True).add_new(0x10, "LO", "a PACS's own tag")
-    assert same_instance(stored, encoded(recoded))
+    recoded.RetrieveAETitle = "ARCHIVE"
+    recoded.InstanceAvailability = "ONLINE"
+    assert instance_changes(stored, encoded(recoded)) == []
 
     taller = copy.deepcopy(original)
     taller.PatientSize = 1.8
-    assert not same_instance(stored, encoded(taller))
+    taller.PatientName = "Other^Name"
+    assert instance_changes(stored, encoded(taller)) == ["PatientName", "PatientSize"]
 
     repaired = copy.deepcopy(original)
     pixels = repaired.pixel_array.copy()
     pixels[10, 10] += 1
     repaired.PixelData = pixels.tobytes()
-    assert not same_instance(stored, encoded(repaired))
-    assert not same_instance(stored, b"not DICOM")
+    assert instance_changes(stored, encoded(repaired)) == ["PixelData"]
+    assert instance_changes(stored, b"not DICOM") == ["unreadable"]

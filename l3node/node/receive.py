@@ -69,9 +69,6 @@ TRANSFER_SYNTAXES = (
 )
 
 
-PIXEL_DATA_TAG = Tag(0x7FE0, 0x0010)
-
-
 class InstanceRefused(Exception):
     """An instance the SCP answers with a failure status; ``reason`` is recorded."""
 
@@ -141,30 +138,39 @@ def inspect_instance(ds: pydicom.Dataset, transfer_syntax: UID, sop_class: str, 
     return study_uid, series_uid
 
 
-def same_instance(stored: Path, received: bytes) -> bool:
-    """Whether a received instance (file meta + data set, as stored) holds what a stored
-    copy holds: the same public attributes and the same pixels.
+def instance_changes(stored: Path, received: bytes) -> list[str]:
+    """What a received instance (file meta + data set, as stored) changes against a stored
+    copy: the keywords of the public attributes that differ, ``PixelData`` when the pixels
+    do, ``unreadable`` when either cannot be read or decoded. Empty: the same instance.
 
     The transfer syntax may differ (a re-route through another PACS): pixels are then
-    compared decoded. Private attributes and the file meta are not compared, since their
-    encoding changes with the transfer syntax. Anything that cannot be read or decoded
-    counts as different, so that the node analyses rather than drops.
+    compared decoded. Private attributes, the file meta and the query/retrieve attributes
+    a PACS may add in transit are not compared. Anything unreadable counts as a change, so
+    that the node analyses rather than drops. Only names are returned, never values.
     """
     try:
         kept = pydicom.dcmread(stored)
         new = pydicom.dcmread(io.BytesIO(received))
-        if _public_attributes(kept) != _public_attributes(new):
-            return False
+        old_attributes, new_attributes = _compared_attributes(kept), _compared_attributes(new)
+        changes = sorted({pydicom.datadict.keyword_for_tag(tag) or str(tag)
+                          for tag in old_attributes.keys() | new_attributes.keys()
+                          if old_attributes.get(tag) != new_attributes.get(tag)})
         if kept.file_meta.TransferSyntaxUID == new.file_meta.TransferSyntaxUID:
-            return kept.PixelData == new.PixelData
-        return bool(np.array_equal(kept.pixel_array, new.pixel_array))
+            same_pixels = kept.PixelData == new.PixelData
+        else:
+            same_pixels = bool(np.array_equal(kept.pixel_array, new.pixel_array))
+        return changes + ([] if same_pixels else ["PixelData"])
     except Exception:  # noqa: BLE001 - unreadable either side: not known to be the same
-        return False
+        return ["unreadable"]
 
 
-def _public_attributes(ds: pydicom.Dataset) -> dict:
+_NOT_COMPARED = {Tag(0x7FE0, 0x0010), Tag(0x0008, 0x0054), Tag(0x0008, 0x0056)}
+"""Pixel Data (compared apart), Retrieve AE Title and Instance Availability (added in transit)."""
+
+
+def _compared_attributes(ds: pydicom.Dataset) -> dict:
     return {element.tag: element.value for element in ds
-            if not element.tag.is_private and element.tag != PIXEL_DATA_TAG}
+            if not element.tag.is_private and element.tag not in _NOT_COMPARED}
 
 
 class Receiver:
@@ -313,7 +319,8 @@ class Receiver:
         data = event.encoded_dataset(include_meta=True)
         with self.spool.lock:
             analysed = self.spool.claimed_copy(study_uid, series_uid, sop_uid)
-            if analysed is not None and same_instance(analysed, data):
+            changes = instance_changes(analysed, data) if analysed is not None else []
+            if analysed is not None and not changes:
                 # A resend of an instance already analysed (a PACS retry, a re-route):
                 # acknowledged and dropped, so it cannot open a one-instance round whose
                 # "declined" report would confuse the PACS. New instances do open a round,
@@ -322,7 +329,7 @@ class Receiver:
                 return StoreStatus.SUCCESS
             if analysed is not None:
                 log.info("instance_changed_since_analysed", study_uid=study_uid, series_uid=series_uid,
-                         calling_ae=calling)
+                         calling_ae=calling, changed=",".join(changes))
             self.spool.store_instance(study_uid, series_uid, sop_uid, data)
             ref = self.audit.note_instance(study_uid, calling)
         log.debug("instance_stored", study_uid=study_uid, series_uid=series_uid, round=ref.round, calling_ae=calling)
