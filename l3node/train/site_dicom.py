@@ -116,7 +116,7 @@ def _segment_pixels(seg: hd.seg.Segmentation, volume: Volume, numbers: list[int]
         ) > 0
     else:
         pixels = np.zeros((len(frames), *volume.shape[1:], len(numbers)), bool)
-        for uid in dict.fromkeys(uid for uid, _ in frames):
+        for uid in dict.fromkeys(uid for uid, _ in frames if uid in referenced):
             ks = [k for k, (u, _) in enumerate(frames) if u == uid]
             try:
                 pixels[ks] = seg.get_pixels_by_source_frame(
