@@ -433,11 +433,8 @@ def test_reanalyse_declined_after_a_rule_change(tmp_path, pacs, capsys):
         node.stop()
 
 
-def test_a_late_slice_completes_its_series(tmp_path, pacs):
-    """A slice whose C-STORE came late (after the quiet period): round 0 is declined as
-    incomplete; the slice opens round 1, which holds the whole series again and is measured.
-    Without it, round 1 held the one slice and no resend could ever complete the study (the
-    PACS's resent instances of round 0 are dropped on receipt)."""
+def _phantom_slices_and_node(tmp_path: Path, pacs) -> tuple[list, Node]:
+    """A phantom study's slices (256 matrix, 3 mm) and a started in-process node sending to ``pacs``."""
     import pydicom
 
     from l3node.phantom import main_phantom
@@ -445,12 +442,21 @@ def test_a_late_slice_completes_its_series(tmp_path, pacs):
     phantom = main_phantom("normal", 11, tmp_path / "phantom", matrix=256, slice_thickness_mm=3.0,
                            scan_range="abdomen_pelvis")
     slices = [pydicom.dcmread(p) for p in sorted((phantom / "dicom").glob("*.dcm"))]
-    study = str(slices[0].StudyInstanceUID)
-    late = slices.pop(len(slices) // 2)
     config = make_config(tmp_path / "var", free_port(),
                          destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}])
     node = Node(config, poll_s=0.05)
     node.start()
+    return slices, node
+
+
+def test_a_late_slice_completes_its_series(tmp_path, pacs):
+    """A slice whose C-STORE came late (after the quiet period): round 0 is declined as
+    incomplete; the slice opens round 1, which holds the whole series again and is measured.
+    Without it, round 1 held the one slice and no resend could ever complete the study (the
+    PACS's resent instances of round 0 are dropped on receipt)."""
+    slices, node = _phantom_slices_and_node(tmp_path, pacs)
+    study = str(slices[0].StudyInstanceUID)
+    late = slices.pop(len(slices) // 2)
     try:
         assert store(node.receiver.port, slices) == [0] * len(slices)
         assert node.wait_idle(60)
@@ -492,19 +498,11 @@ def test_a_repaired_slice_resent_under_its_uid_is_analysed(tmp_path, pacs):
 
     import pydicom
 
-    from l3node.phantom import main_phantom
-
-    phantom = main_phantom("normal", 11, tmp_path / "phantom", matrix=256, slice_thickness_mm=3.0,
-                           scan_range="abdomen_pelvis")
-    slices = [pydicom.dcmread(p) for p in sorted((phantom / "dicom").glob("*.dcm"))]
+    slices, node = _phantom_slices_and_node(tmp_path, pacs)
     study, series = str(slices[0].StudyInstanceUID), str(slices[0].SeriesInstanceUID)
     middle = len(slices) // 2
     repaired = slices[middle]
     slices[middle] = _undecodable_copy(repaired)
-    config = make_config(tmp_path / "var", free_port(),
-                         destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}])
-    node = Node(config, poll_s=0.05)
-    node.start()
     try:
         assert store(node.receiver.port, slices) == [0] * len(slices)
         assert node.wait_idle(60)
@@ -515,7 +513,7 @@ def test_a_repaired_slice_resent_under_its_uid_is_analysed(tmp_path, pacs):
         rounds = node.audit.studies(study)
         assert [(r["round"], r["state"]) for r in rounds] == [(0, "declined"), (1, "done")]
         assert "unreadable_pixels" in rounds[0]["reason"]
-        analysed = config.storage.root / "done" / study / "r1" / series
+        analysed = node.config.storage.root / "done" / study / "r1" / series
         assert len(list(analysed.glob("*.dcm"))) == len(slices)
         kept = pydicom.dcmread(analysed / f"{slices[0].SOPInstanceUID}.dcm")
         assert kept.file_meta.TransferSyntaxUID == slices[0].file_meta.TransferSyntaxUID  # the resend was dropped
