@@ -178,3 +178,11 @@ def test_enhanced_ct_frames_read_as_its_slices(tmp_path):
         volume_from_files([tmp_path / "enhanced.dcm"], [header])
     assert caught.value.code == "duplicate_slices"
     assert "(frames 1 and 2)" in caught.value.detail or "(frames 2 and 1)" in caught.value.detail
+    assert caught.value.detail.endswith("two reconstructions in one series?")
+    # Two temporal positions of one volume (a multi-phase Enhanced CT) are named as such.
+    for number, item in enumerate(header.PerFrameFunctionalGroupsSequence):
+        item.FrameContentSequence[0].TemporalPositionIndex = 1 + number % 2
+    with pytest.raises(SeriesRejected) as caught:
+        volume_from_files([tmp_path / "enhanced.dcm"], [header])
+    assert caught.value.code == "duplicate_slices"
+    assert "2 stacks or temporal positions in one multi-frame series (multi-phase?)" in caught.value.detail

@@ -35,6 +35,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("PixelValueTransformationSequence", ("RescaleIntercept", "RescaleSlope", "RescaleType")),
     ("FrameVOILUTSequence", ("WindowCenter", "WindowWidth")),
     ("CTReconstructionSequence", ("ConvolutionKernel",)),
+    ("FrameContentSequence", ("TemporalPositionIndex", "StackID")),
 )
 _REPLACED = {"PerFrameFunctionalGroupsSequence", "PixelData", "NumberOfFrames", "InstanceNumber",
              *(keyword for _, keywords in _GROUPS for keyword in keywords)}
@@ -81,7 +82,8 @@ def frame_views(ds: Dataset) -> list[Dataset]:
     list of pydicom.Dataset
         Frame views: the instance's attributes (shared, not copied: do not modify them)
         plus, per frame, Image Position/Orientation, Pixel Spacing, Slice Thickness,
-        Rescale, window and kernel from its per-frame groups, else the shared ones;
+        Rescale, window, kernel, temporal position and stack from its per-frame groups, else
+        the shared ones;
         InstanceNumber is the frame number. :func:`frame_of` gives the instance and frame.
 
     Raises

@@ -182,9 +182,12 @@ def check_geometry(headers: Sequence[pydicom.Dataset], *, max_gap_ratio: float =
     if np.any(steps < 1e-3):
         k = int(np.argmax(steps < 1e-3))
         pair = [headers[int(i)].get("InstanceNumber", "?") for i in order[k : k + 2]]
+        phases = {(str(ds.get("StackID", "")), str(ds.get("TemporalPositionIndex", ""))) for ds in headers}
+        why = (f"{len(phases)} stacks or temporal positions in one multi-frame series (multi-phase?): "
+               "one volume per series is analysed" if len(phases) > 1 else "two reconstructions in one series?")
         raise SeriesRejected("duplicate_slices", f"slices share a position ({int(np.sum(steps < 1e-3))} duplicate(s)), "
                              f"the first at {along[order[k]]:.1f} mm along the slice normal ({what} "
-                             f"{pair[0]} and {pair[1]}): two reconstructions in one series?")
+                             f"{pair[0]} and {pair[1]}): {why}")
     step = float(np.median(steps))
     if np.any(steps > max_gap_ratio * step):
         gap_at = int(np.argmax(steps))
