@@ -231,6 +231,15 @@ def test_enhanced_ct_is_measured_as_its_slices(phantom_study, analysed, tmp_path
             assert run_dciodvfy(tmp_path / "out" / name) == [], name
 
 
+def _assert_measured_as_its_slices(study: Path, out: Path, single_out: Path) -> None:
+    """The study is measured, with the tissues and L3 of the same slices sent one instance each."""
+    outcome = analyse_study(study, out, Config())
+    assert outcome.status == "done", outcome.reason
+    results = json.loads((out / "results.json").read_text())
+    single = json.loads((single_out / "results.json").read_text())
+    assert results["tissues"] == single["tissues"] and results["l3"]["z_mm"] == single["l3"]["z_mm"]
+
+
 def test_compressed_enhanced_ct_is_measured_the_same(phantom_study, analysed, tmp_path):
     """Enhanced CT is often archived JPEG 2000 lossless: all frames decoded, same answer."""
     from pydicom.uid import JPEG2000Lossless
@@ -239,11 +248,7 @@ def test_compressed_enhanced_ct_is_measured_the_same(phantom_study, analysed, tm
     enhanced = pydicom.dcmread(path)
     enhanced.compress(JPEG2000Lossless)
     enhanced.save_as(path)
-    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
-    assert outcome.status == "done", outcome.reason
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    single = json.loads((analysed[1] / "results.json").read_text())
-    assert results["tissues"] == single["tissues"] and results["l3"]["z_mm"] == single["l3"]["z_mm"]
+    _assert_measured_as_its_slices(tmp_path / "study", tmp_path / "out", analysed[1])
 
 
 def test_standard_enhanced_ct_volume_is_measured_the_same(phantom_study, analysed, tmp_path):
@@ -259,11 +264,7 @@ def test_standard_enhanced_ct_volume_is_measured_the_same(phantom_study, analyse
     [frame_type] = enhanced.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence
     frame_type.FrameType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     enhanced.save_as(path)
-    outcome = analyse_study(tmp_path / "study", tmp_path / "out", Config())
-    assert outcome.status == "done", outcome.reason
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    single = json.loads((analysed[1] / "results.json").read_text())
-    assert results["tissues"] == single["tissues"] and results["l3"]["z_mm"] == single["l3"]["z_mm"]
+    _assert_measured_as_its_slices(tmp_path / "study", tmp_path / "out", analysed[1])
 
 
 def _sr_image_frames(items) -> list[int | None]:
