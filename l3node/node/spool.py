@@ -155,12 +155,15 @@ class Spool:
         write_atomic(target, data, self.root / "tmp")
         return target
 
+    def claimed_rounds(self, study_uid: str) -> list[Path]:
+        """The study's round folders in ``work/``, ``done/`` and ``failed/`` (not yet purged)."""
+        return [r for area in ("work", "done", "failed") if (self.root / area / study_uid).is_dir()
+                for r in (self.root / area / study_uid).iterdir()]
+
     def claimed_copy(self, study_uid: str, series_uid: str, sop_uid: str) -> Path | None:
         """The newest copy of this instance in a round already claimed for analysis
         (in ``work/``, ``done/`` or ``failed/``; purged rounds are forgotten), or None."""
-        copies = [r / series_uid / f"{sop_uid}.dcm" for state in ("work", "done", "failed")
-                  if (self.root / state / study_uid).is_dir() for r in (self.root / state / study_uid).iterdir()]
-        found = [c for c in copies if c.exists()]
+        found = [c for r in self.claimed_rounds(study_uid) if (c := r / series_uid / f"{sop_uid}.dcm").exists()]
         return max(found, key=lambda c: _round_number(c.parent.parent)) if found else None
 
     def incoming_studies(self) -> list[str]:
@@ -211,8 +214,7 @@ class Spool:
         idempotent. Returns the number of instances added.
         """
         target = self.work_dir(study_uid, round_)
-        earlier = [r for area in ("work", "done", "failed") if (self.root / area / study_uid).is_dir()
-                   for r in (self.root / area / study_uid).iterdir() if _round_number(r) < round_]
+        earlier = [r for r in self.claimed_rounds(study_uid) if _round_number(r) < round_]
         added = 0
         for series in (p for p in target.iterdir() if p.is_dir()):
             before = added
