@@ -100,6 +100,26 @@ def test_tiny_training_writes_loadable_weights_and_manifest(tiny_weights):
     assert labels.shape == (64, 64) and labels.dtype == np.uint8 and labels.max() <= 4
 
 
+def test_tiny_seg_training_reports_dice_on_3mm_copies(tiny_weights):
+    validation = json.loads((tiny_weights["seg"] / "manifest.json").read_text())["validation"]
+    assert set(validation["dice_all_slices_at_3mm"]) == {"skeletal_muscle", "imat", "vat", "sat"}
+
+
+def test_coarse_copy_keeps_the_field_of_view_and_averages_each_pixel():
+    from l3node.train.train_seg import coarse_copy
+
+    hu = np.full((300, 300), -100.0, np.float32)
+    hu[:, 150:] = 50.0  # a straight fat | muscle edge at 300 px * 1 mm
+    coarse = coarse_copy(hu, (1.0, 1.0), 3.0)
+    assert coarse.shape == (100, 100)
+    assert abs(float(coarse.mean()) - float(hu.mean())) < 1.0
+    row = coarse[50]
+    assert row[10] == pytest.approx(-100.0, abs=0.5) and row[90] == pytest.approx(50.0, abs=0.5)
+    # the edge falls inside one or two coarse pixels, as partial volume, not a hard step
+    partial = row[(row > -95.0) & (row < 45.0)]
+    assert 1 <= partial.size <= 3
+
+
 def test_sha256_mismatch_is_a_clear_error(tiny_weights, tmp_path):
     folder = tmp_path / "l3"
     shutil.copytree(tiny_weights["l3"], folder)

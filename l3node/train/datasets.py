@@ -10,8 +10,9 @@ the cache keeps what both nets need, as a compressed ``.npz`` (never committed; 
 * the L3 net's coronal and sagittal MIPs (see :func:`l3node.analysis.neural.mip_inputs`; stored
   in the window :data:`MIP_STORE_WINDOW_HU`, re-windowed at training) and the true L3
   inferior-endplate z;
-* six axial slices around L3 (the L3 slice and five from 40 mm below to 60 mm above) in HU
-  with their tissue labels, at the phantom's own pixel size.
+* seven axial slices (the L3 slice and six from 40 mm below it to 150 mm above it, about T11:
+  liver, spleen and kidneys in view, as on real slices near L3) in HU with their tissue labels,
+  at the phantom's own pixel size.
 
 Seeds: variant ``i`` (index in :data:`l3node.phantom.VARIANTS`) uses seeds
 ``first_seed + 10000 * i + j``; training uses ``first_seed = 1000``, validation
@@ -47,12 +48,14 @@ from l3node.train import site_dicom
 
 log = get_logger(__name__)
 
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "var" / "train_cache"
 TRAIN_FIRST_SEED = 1000
 VAL_FIRST_SEED = 900000
 SCAN_RANGES_WITH_L3 = ("abdomen_pelvis", "chest_abdomen_pelvis", "l3_edge")
-SEG_SLICES_PER_PHANTOM = 6
+SEG_SLICES_PER_PHANTOM = 7
+SEG_WINDOW_MM = (-40.0, 150.0)
+"""Tissue training slices are drawn this far below and above the L3 inferior endplate."""
 MIP_STORE_WINDOW_HU = (-100.0, 1300.0)
 """MIPs are cached in this window (0..1); training re-windows them to the model's (narrower) window."""
 _STORE_PREPROCESS = {**L3_PREPROCESS, "intensity_window_hu": [list(MIP_STORE_WINDOW_HU)]}
@@ -87,7 +90,7 @@ def phantom_options(seed: int) -> dict[str, Any]:
 def _seg_slices(volume: Volume, l3_z: float, rng: np.random.Generator) -> list[int]:
     k_l3 = volume.slice_index_at(l3_z) if volume.contains_z(l3_z) else 0
     z = volume.z_mm
-    window = np.nonzero((z >= l3_z - 40.0) & (z <= l3_z + 60.0))[0]
+    window = np.nonzero((z >= l3_z + SEG_WINDOW_MM[0]) & (z <= l3_z + SEG_WINDOW_MM[1]))[0]
     others = rng.choice(window, size=min(SEG_SLICES_PER_PHANTOM - 1, len(window)), replace=False)
     return [k_l3, *sorted(int(k) for k in others if k != k_l3)]
 

@@ -6,7 +6,7 @@ never used for training), and writes ``model.pt`` and ``manifest.json`` (sha256,
 preprocessing: input spacing and intensity window, architecture, parameter count, training
 data, epochs, validation metrics, device, torch version, date).
 
-Retrain the shipped weights (measured on the shared 2-core CPU: l3 282 s, seg 850 s, plus
+Retrain the shipped weights (measured on the shared 2-core CPU: l3 282 s, seg 749 s, plus
 ~12 min to generate the 261 phantoms once, see :mod:`l3node.train.datasets`)::
 
     python -m l3node.train.train_cli l3 weights/l3_mip --phantoms-per-variant 24 --epochs 30
