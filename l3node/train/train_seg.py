@@ -125,22 +125,22 @@ def evaluate(model: TissueUNet, samples: list[dict[str, Any]], device: torch.dev
     every: dict[str, list[float]] = {t.key: [] for t in Tissue}
     at_l3: dict[str, list[float]] = {t.key: [] for t in Tissue}
     coarse_3mm: dict[str, list[float]] = {t.key: [] for t in Tissue}
+
+    def add(scores: dict[str, float | None], *into: dict[str, list[float]]) -> None:
+        for key, value in scores.items():
+            if value is not None:
+                for d in into:
+                    d[key].append(value)
+
     for s in samples:
         pixel = tuple(float(v) for v in s["seg_pixel_mm"])
         for i, (hu, truth) in enumerate(zip(s["seg_hu"], s["seg_labels"])):
             scores = dice_per_tissue(predict_slice(model, hu.astype(np.float32), pixel, device), truth)
-            for key, value in scores.items():
-                if value is not None:
-                    every[key].append(value)
-                    if i == 0 and s.get("source") == "phantom":
-                        at_l3[key].append(value)
+            add(scores, every, *([at_l3] if i == 0 and s.get("source") == "phantom" else []))
             coarse = coarse_copy(hu, pixel, 3.0)
             zoom = (coarse.shape[0] / truth.shape[0], coarse.shape[1] / truth.shape[1])
             coarse_truth = ndimage.zoom(truth, zoom, order=0, mode="nearest", grid_mode=True)
-            scores = dice_per_tissue(predict_slice(model, coarse, (3.0, 3.0), device), coarse_truth)
-            for key, value in scores.items():
-                if value is not None:
-                    coarse_3mm[key].append(value)
+            add(dice_per_tissue(predict_slice(model, coarse, (3.0, 3.0), device), coarse_truth), coarse_3mm)
 
     def mean(d: dict[str, list[float]]) -> dict[str, float | None]:
         return {k: (round(float(np.mean(v)), 4) if v else None) for k, v in d.items()}
