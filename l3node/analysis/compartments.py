@@ -198,10 +198,13 @@ def organs_and_fluid(
     """Soft tissue that is not muscle: organs brighter than it, fluid darker than it.
 
     Single pixels of muscle, liver and fluid overlap in HU; their means over about
-    5 mm (:func:`smoothed_hu`) do not. The reference is the back muscles' smoothed
-    HU (:func:`back_muscle_hu`), neither diluted by fat like a thin wall nor raised
-    by an organ in the wall band like ``wall_ref_hu``; ``wall_ref_hu`` stands in
-    when the back muscles are not found. Behind the vertebra near the midline lie
+    5 mm (:func:`smoothed_hu`) do not. The reference for fluid is the back muscles'
+    smoothed HU (:func:`back_muscle_hu`), neither diluted by fat like a thin wall nor
+    raised by an organ in the wall band like ``wall_ref_hu``; ``wall_ref_hu`` stands in
+    when the back muscles are not found. An organ must be brighter than both: older
+    patients' back muscles often carry more fat than their psoas and abdominal wall
+    (real CT at L3: back 11 HU, wall 30 HU), and against the back muscles alone the
+    wall's own inner layers read as organ and ended the wall. Behind the vertebra near the midline lie
     only back muscles: nothing there is an organ or fluid. A muscle-range pixel whose
     plain mean is dark only because fat lies beside it -- its soft-tissue mean
     (:func:`soft_tissue_hu`) is within ``EDGE_DELTA_HU`` of the back muscles' -- is a
@@ -241,19 +244,19 @@ def organs_and_fluid(
         back_ref = back_muscle_hu(smooth, muscle_hu, spine, pixel_mm)
     reference = back_ref if back_ref is not None else wall_ref_hu
     soft = soft_tissue_hu(hu, muscle_hu, pixel_mm) if soft is None else soft
-    bright = zone & (smooth > reference + ORGAN_DELTA_HU)
+    # Psoas, crura and wall are often denser than fatty back muscles: an organ must be
+    # brighter than the wall's upper quartile too.
+    organ_ref = max(reference, wall_ref_hu)
+    bright = zone & (smooth > organ_ref + ORGAN_DELTA_HU)
     # The smoothing spreads an organ by half its window over the wall muscle against
     # it; at the organ's rim only pixels bright themselves are organ.
-    stops_wall = bright & (ndi.binary_erosion(bright) | (hu > reference + ORGAN_DELTA_HU))
-    # Psoas and crura are denser than fatty back muscles: beside the spine an organ
-    # must be brighter than the wall's upper quartile too.
-    organ = stops_wall & (smooth > max(reference, wall_ref_hu) + ORGAN_DELTA_HU)
+    organ = bright & (ndi.binary_erosion(bright) | (hu > organ_ref + ORGAN_DELTA_HU))
     # Fat beside muscle would darken a plain mean at every muscle edge; fluid is
     # judged on the mean of the soft-tissue neighbours only.
     soft_ref = back_muscle_hu(soft, muscle_hu, spine, pixel_mm) if spine is not None else None
     soft_ref = soft_ref if soft_ref is not None else reference
     fluid = zone & (smooth < reference - FLUID_DELTA_HU) & ~(muscle_hu & (soft >= soft_ref - EDGE_DELTA_HU))
-    return stops_wall, organ | fluid
+    return organ, organ | fluid
 
 
 def fluid_bodies(

@@ -170,7 +170,11 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
         # is not collected as psoas.
         smooth = smoothed_hu(hu, (dy, dx))
         soft = soft_tissue_hu(hu, muscle_hu & inside, (dy, dx))
-        stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine, muscle_ref, (dy, dx),
+        # The wall's own level for the organ test: soft-tissue means average the noise
+        # out that lifts an upper quartile of single pixels, and fat does not dilute them.
+        wall_ref = muscle_reference_hu(soft, classes, inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM))
+        stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine,
+                                                  muscle_ref if wall_ref is None else wall_ref, (dy, dx),
                                                   smooth=smooth, soft=soft)
         classes[(classes == MUSCLE) & stops_wall] = ORGAN
         # Bowel content pressed on the wall over a wide arc thickens every ray there alike,
