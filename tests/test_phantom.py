@@ -130,7 +130,8 @@ def test_tissue_labels_are_compartments_thresholded_on_the_final_image(phantoms)
         assert not tissues[comp == Compartment.NONE].any()
         # Compartments are the painted geometry; noise does not move them.
         structures = p.structure_labels
-        assert np.all(comp[np.isin(structures, (Structure.MUSCLE, Structure.IMAT))] == Compartment.MUSCLE)
+        assert np.all(comp[np.isin(structures, (Structure.MUSCLE, Structure.BACK_MUSCLE, Structure.IMAT))]
+                      == Compartment.MUSCLE)
         assert np.all(comp[structures == Structure.VAT] == Compartment.VISCERAL)
         assert np.all(comp[structures == Structure.SAT] == Compartment.SUBCUTANEOUS)
         truth = p.ground_truth
@@ -193,7 +194,7 @@ def test_fat_around_the_spine_is_not_visceral(phantoms):
         assert COMPARTMENT_OF_STRUCTURE[Structure.SLAB_BONE] == Compartment.NONE
         vat = st == Structure.VAT
         labelled, n = ndimage.label(vat, structure=np.ones((3, 3)))
-        closed = np.isin(st, (Structure.MUSCLE, Structure.IMAT, Structure.CORTICAL, Structure.CANCELLOUS,
+        closed = np.isin(st, (Structure.MUSCLE, Structure.BACK_MUSCLE, Structure.IMAT, Structure.CORTICAL, Structure.CANCELLOUS,
                               Structure.THIN_CORTEX, Structure.SLAB_BONE, Structure.DISC))
         for i in range(1, n + 1):
             ring = ndimage.binary_dilation(labelled == i, structure=np.ones((3, 3))) & ~(labelled == i)
@@ -213,7 +214,8 @@ def test_tissues_from_hu_applies_the_ranges_inclusively():
 
 def test_noiseless_texture_stays_in_tissue_window():
     mean, amp, lo, hi = hu_tables(age_years=85, muscle_fat_infiltration=1.0, phase="portal", oral_contrast=True)
-    for structure, (low, high) in ((Structure.MUSCLE, MUSCLE_HU_RANGE), (Structure.IMAT, FAT_HU_RANGE),
+    for structure, (low, high) in ((Structure.MUSCLE, MUSCLE_HU_RANGE), (Structure.BACK_MUSCLE, MUSCLE_HU_RANGE),
+                                   (Structure.IMAT, FAT_HU_RANGE),
                                    (Structure.VAT, FAT_HU_RANGE), (Structure.SAT, FAT_HU_RANGE)):
         assert low <= lo[structure] <= mean[structure] <= hi[structure] <= high
 
@@ -222,6 +224,9 @@ def test_muscle_and_bone_hu_fall_with_age():
     young = hu_tables(age_years=30, muscle_fat_infiltration=0.0, phase="noncontrast", oral_contrast=False)[0]
     old = hu_tables(age_years=85, muscle_fat_infiltration=0.8, phase="noncontrast", oral_contrast=False)[0]
     assert 45.0 <= young[Structure.MUSCLE] <= 60.0 and 12.0 <= old[Structure.MUSCLE] <= 28.0
+    # The back muscles take up fat first (real CT at L3: back 11 HU, wall 30 HU).
+    assert young[Structure.BACK_MUSCLE] == young[Structure.MUSCLE]
+    assert old[Structure.MUSCLE] - 20.0 <= old[Structure.BACK_MUSCLE] <= old[Structure.MUSCLE] - 10.0
     assert 230.0 <= young[Structure.CANCELLOUS] <= 270.0 and 95.0 <= old[Structure.CANCELLOUS] <= 140.0
 
 
@@ -251,7 +256,7 @@ def test_quadratus_lumborum_abuts_transverse_process_and_back_muscles(phantoms):
     structures = p.structure_labels[k]
     row_c = int(round((entry["body_centre_xy_mm"][1] - v.origin_mm[1]) / v.spacing_mm[1]))
     col_c = int(round((0.0 - v.origin_mm[0]) / v.spacing_mm[2]))
-    muscle = np.isin(structures, (Structure.MUSCLE, Structure.IMAT))
+    muscle = np.isin(structures, (Structure.MUSCLE, Structure.BACK_MUSCLE, Structure.IMAT))
     labels, _ = ndimage.label(muscle)
     bone = (p.vertebra_labels[k] == entry["label"])
     for side in (-1, 1):

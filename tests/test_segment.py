@@ -875,9 +875,10 @@ def test_wall_kept_when_the_back_muscles_are_fattier_than_the_wall(seed):
     """Older patients' erector spinae carry more fat than their psoas and abdominal wall
     (real ``ts_example_ct`` at L3: back muscles 11 HU, wall 30 HU). The wall walk's organ
     test was made against the back muscles alone and stopped at the wall's own inner
-    layers (real L3 at k 68: 112 instead of 138 cm^2 of muscle); an organ against the wall
-    must be brighter than the wall too. Before: 86 % and 75 % of the wall kept, muscle Dice
-    0.931 and 0.912 (seeds 1, 2); after: 99 %, 0.959 and 0.952."""
+    layers (real L3 at k 68: 112 instead of 136 cm^2 of muscle); an organ against the wall
+    must be brighter than the wall too. Back muscles darkened by 20 HU more than the phantom
+    draws: before, 85 % and 66 % of the wall kept, muscle Dice 0.929 and 0.892 (seeds 1, 2);
+    after, 99 % and 99 %, 0.958 and 0.952."""
     phantom_module = pytest.importorskip("l3node.phantom")
     from l3node.phantom.materials import Structure
     from l3node.phantom.truth import tissues_from_hu
@@ -891,7 +892,7 @@ def test_wall_kept_when_the_back_muscles_are_fattier_than_the_wall(seed):
     rows, cols = np.nonzero(hu > 250)
     centre_row, centre_col = np.median(rows), np.median(cols)
     rr, cc = np.mgrid[: hu.shape[0], : hu.shape[1]]
-    back = (rr > centre_row) & (np.abs(cc - centre_col) * pixel[1] < 50.0) & (structures == int(Structure.MUSCLE))
+    back = (rr > centre_row) & (np.abs(cc - centre_col) * pixel[1] < 50.0) & np.isin(structures, (Structure.MUSCLE, Structure.BACK_MUSCLE))
     hu[back] -= 20.0
     truth = tissues_from_hu(hu[None], np.asarray(phantom.compartment_labels[k])[None])[0]
     labels = segment_slice(hu, pixel)

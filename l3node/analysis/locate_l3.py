@@ -56,6 +56,8 @@ again from the level below (:func:`_runs_into_rib_above`)."""
 CAGE_RIB_MIN_MM = 120.0
 """A rib this long (as measured) is certainly part of the thoracic cage; the walk down to
 T12 starts at the first one (:func:`_read_ribs`)."""
+CAGE_GAP_LEVELS = 3
+"""Rib-less levels in a row that end the cage: a long "rib pair" below them is not thoracic."""
 MIN_COUNTABLE = 3
 """Fewer mobile vertebrae than this (a crop) cannot be counted: a "rib" on the only vertebra
 seen may be a transverse process, and nothing confirms it."""
@@ -150,6 +152,10 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
     # A long rib with a partner on the other side is the cage itself: everything above the
     # lowest such pair is thoracic, however many ribs were missed up there.
     paired = [i for i in long_ribs if min(vs[i].rib_left_mm, vs[i].rib_right_mm) >= NORMAL_RIB_MIN_MM]
+    # ... unless CAGE_GAP_LEVELS rib-less levels separate it from a long rib above: the cage is
+    # contiguous, and a long "rib pair" below a run of lumbar levels is iliac bone beside the
+    # lowest segments (phantom combined 2004 at 1 mm, back muscles fattier than the rest).
+    paired = [i for i in paired if not _below_ribless_run(vs, i, long_ribs)]
     start = paired[-1] if paired else long_ribs[0] if long_ribs else normal[0]
     # Long ribs are unmistakably the cage: the walk goes through them even across two
     # levels whose ribs were missed or seen on one side only (thick slices).
@@ -194,6 +200,19 @@ def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
             return last, None
         return last, "l1_rib"
     return last, None
+
+
+def _below_ribless_run(vs: tuple[VertebraFound, ...], i: int, long_ribs: list[int]) -> bool:
+    """True when a long rib lies above level ``i`` with ``CAGE_GAP_LEVELS`` rib-less levels in a row between."""
+    higher = [j for j in long_ribs if j < i]
+    if not higher:
+        return False
+    run = 0
+    for k in range(higher[-1] + 1, i):
+        run = run + 1 if vs[k].rib_mm == 0 else 0
+        if run >= CAGE_GAP_LEVELS:
+            return True
+    return False
 
 
 def _runs_into_rib_above(v: VertebraFound, above: VertebraFound) -> bool:

@@ -19,6 +19,7 @@ from l3node.phantom.canvas import SliceCanvas, angles
 from l3node.phantom.materials import Structure
 
 M, F, V, S = int(Structure.MUSCLE), int(Structure.IMAT), int(Structure.VAT), int(Structure.SAT)
+B = int(Structure.BACK_MUSCLE)
 
 
 @dataclass(frozen=True)
@@ -242,14 +243,14 @@ def paint_posterior_muscles(canvas: SliceCanvas, torso: Torso, z: float, cavity:
     x = canvas.x_mm[None, :]
     y = canvas.y_mm[:, None]
     behind = cavity & (y > apex + k * x * x)
-    canvas.image[behind] = M
+    canvas.image[behind] = B
     # Erector spinae: two rounded masses either side of the spinous processes.
     ex, ey = hw * 0.3 + 22.0 * m + 6.0, b_post - 17.0 * m - 9.0
     for s in (-1, 1):
-        canvas.ellipse(M, s * ex, ey, 22.0 * m + 7.0, 17.0 * m + 7.0, s * 0.25, only=(V,))
+        canvas.ellipse(B, s * ex, ey, 22.0 * m + 7.0, 17.0 * m + 7.0, s * 0.25, only=(V,))
     tp = max(v.tp_length_mm for v in spine.vertebrae if v.spec.kind != "sacrum")
     # Multifidus/intertransversarii and the psoas origins hug the posterior elements.
-    canvas.ellipse(M, 0.0, y_c + hd + 6.0, hw + 0.55 * tp, hd * 0.8 + 6.0, only=(V,))
+    canvas.ellipse(B, 0.0, y_c + hd + 6.0, hw + 0.55 * tp, hd * 0.8 + 6.0, only=(V,))
     l1 = spine.by_name("L1")
     z_start = spine.by_name("T12").z_inferior_mm + 10.0
     if z < z_start and z > torso.femoral_head_z_mm - 40.0:
@@ -262,7 +263,7 @@ def paint_posterior_muscles(canvas: SliceCanvas, torso: Torso, z: float, cavity:
             f = np.clip((sacrum_top - z) / (sacrum_top - torso.femoral_head_z_mm), 0.0, 1.0)
             px, py = (hw + 0.8 * r) * (1 - f) + 0.55 * a * f, (y_c + 0.2 * hd) * (1 - f) - 25.0 * f
         for s in (-1, 1):
-            canvas.ellipse(M, s * px, py, r * 1.05, r * 0.95, only=(V, M))
+            canvas.ellipse(M, s * px, py, r * 1.05, r * 0.95, only=(V, M, B))
     if torso.iliac_crest_z_mm - 5.0 < z < (l1.z_superior_mm + spine.by_name("T12").z_inferior_mm) / 2:
         # Quadratus lumborum: a flat band on the posterior abdominal wall from the transverse process
         # tips (medial) to the anterolateral surface of the erector spinae / thoracolumbar fascia
@@ -273,17 +274,17 @@ def paint_posterior_muscles(canvas: SliceCanvas, torso: Torso, z: float, cavity:
             medial = (s * (hw + 0.75 * tp), ty)
             lateral = (s * (ex + 0.55 * ea), ey - 0.55 * eb)
             thick = 6.0 * m + 3.0
-            canvas.capsule(M, medial, lateral, thick, only=(V, M))
+            canvas.capsule(M, medial, lateral, thick, only=(V, M, B))
             mid = ((medial[0] + lateral[0]) / 2 + s * 4.0, (medial[1] + lateral[1]) / 2 - 2.0)
             canvas.ellipse(M, mid[0], mid[1], 13.0 * m + 3.0, thick + 2.0,
-                           float(np.arctan2(lateral[1] - medial[1], lateral[0] - medial[0])), only=(V, M))
+                           float(np.arctan2(lateral[1] - medial[1], lateral[0] - medial[0])), only=(V, M, B))
 
 
 def paint_imat(canvas: SliceCanvas, streaks: np.ndarray, threshold: float) -> None:
     """Turn muscle pixels where the streak field exceeds ``threshold`` into IMAT (and arm fat)."""
     image = canvas.image
     fat = streaks > threshold
-    image[(image == M) & fat] = F
+    image[((image == M) | (image == B)) & fat] = F
     image[(image == int(Structure.ARM_MUSCLE)) & fat] = int(Structure.ARM_FAT)
 
 

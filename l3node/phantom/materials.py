@@ -63,6 +63,7 @@ class Structure(IntEnum):
     SLAB_BONE = 40  # soft tissue at the slice centre with bone elsewhere in the slab: partial volume, no compartment
     PARASPINAL_FAT = 41  # fat enclosed by the vertebra and the back muscles, psoas or QL: fat around the spine, not VAT
     INTERMUSCULAR_FAT = 42  # fat pocket enclosed by muscle alone (muscle compartment: IMAT), not VAT
+    BACK_MUSCLE = 43  # erector spinae and multifidus: with myosteatosis fattier (darker) than psoas and wall
 
 
 STRUCTURE_NAMES: dict[int, str] = {int(s): s.name.lower() for s in Structure}
@@ -77,7 +78,8 @@ class Compartment(IntEnum):
 
 
 _COMPARTMENT_OF = np.zeros(256, np.uint8)
-for _s, _c in ((Structure.MUSCLE, Compartment.MUSCLE), (Structure.IMAT, Compartment.MUSCLE),
+for _s, _c in ((Structure.MUSCLE, Compartment.MUSCLE), (Structure.BACK_MUSCLE, Compartment.MUSCLE),
+               (Structure.IMAT, Compartment.MUSCLE),
                (Structure.INTERMUSCULAR_FAT, Compartment.MUSCLE),
                (Structure.VAT, Compartment.VISCERAL), (Structure.SAT, Compartment.SUBCUTANEOUS)):
     _COMPARTMENT_OF[int(_s)] = int(_c)
@@ -87,7 +89,8 @@ COMPARTMENT_OF_STRUCTURE: np.ndarray = _COMPARTMENT_OF
 COMPARTMENT_NAMES: dict[int, str] = {int(c): c.name.lower() for c in Compartment if c}
 
 _TISSUE_OF = np.zeros(256, np.uint8)
-for _s, _t in ((Structure.MUSCLE, Tissue.SKELETAL_MUSCLE), (Structure.IMAT, Tissue.IMAT),
+for _s, _t in ((Structure.MUSCLE, Tissue.SKELETAL_MUSCLE), (Structure.BACK_MUSCLE, Tissue.SKELETAL_MUSCLE),
+               (Structure.IMAT, Tissue.IMAT),
                (Structure.VAT, Tissue.VAT), (Structure.SAT, Tissue.SAT)):
     _TISSUE_OF[int(_s)] = int(_t)
 TISSUE_OF_STRUCTURE: np.ndarray = _TISSUE_OF
@@ -98,6 +101,7 @@ _BASE_HU: dict[Structure, tuple[float, float]] = {
     # (mean HU, texture amplitude HU)
     Structure.AIR: (-1000.0, 2.0),
     Structure.MUSCLE: (45.0, 8.0),
+    Structure.BACK_MUSCLE: (45.0, 8.0),
     Structure.IMAT: (-70.0, 12.0),
     Structure.VAT: (-92.0, 13.0),
     Structure.SAT: (-100.0, 12.0),
@@ -148,12 +152,17 @@ _CONTRAST: dict[str, dict[Structure, float]] = {
 }
 
 
+BACK_MUSCLE_OFFSET_HU = 20.0
+"""At full myosteatosis (``fat_infiltration`` 1) the back muscles are this much darker than
+the other torso muscles; the offset scales with the infiltration (about 12 HU at 80 years)."""
+
+
 def hu_tables(*, age_years: float, muscle_fat_infiltration: float, phase: str,
               oral_contrast: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Look-up tables (mean, texture amplitude, low clip, high clip), each float32[256].
 
-    Muscle HU falls with age and fatty infiltration (myosteatosis); cancellous bone HU falls
-    with age (osteoporosis).
+    Muscle HU falls with age and fatty infiltration (myosteatosis), the back muscles' most;
+    cancellous bone HU falls with age (osteoporosis).
 
     Raises
     ------
@@ -174,13 +183,16 @@ def hu_tables(*, age_years: float, muscle_fat_infiltration: float, phase: str,
     # Healthy young muscle ~50 HU; elderly, fat-infiltrated muscle down to ~15-25 HU (myosteatosis).
     muscle = max(56.0 - 0.36 * older - 16.0 * muscle_fat_infiltration, 12.0)
     mean[int(Structure.MUSCLE)] = mean[int(Structure.ARM_MUSCLE)] = muscle
+    # The back muscles take up fat first: up to BACK_MUSCLE_OFFSET_HU darker than psoas and
+    # wall (real CT at L3, ts_example_ct: back 11 HU, wall 30 HU).
+    mean[int(Structure.BACK_MUSCLE)] = max(muscle - BACK_MUSCLE_OFFSET_HU * muscle_fat_infiltration, 0.0)
     # Cancellous bone ~250 HU at 30 years, ~120 HU at 80 (osteoporosis), never below 95.
     mean[int(Structure.CANCELLOUS)] = max(252.0 - 2.6 * older, 95.0)
     if oral_contrast:
         mean[int(Structure.BOWEL_FLUID)] = 280.0
         amp[int(Structure.BOWEL_FLUID)] = 40.0
     lo[int(Structure.FECES)], hi[int(Structure.FECES)] = -20.0, 140.0
-    for structure in (Structure.MUSCLE,):
+    for structure in (Structure.MUSCLE, Structure.BACK_MUSCLE):
         lo[int(structure)], hi[int(structure)] = MUSCLE_HU_RANGE[0] + 5, MUSCLE_HU_RANGE[1] - 5
     for structure in (Structure.IMAT, Structure.VAT, Structure.SAT, Structure.PARASPINAL_FAT,
                       Structure.INTERMUSCULAR_FAT):

@@ -28,8 +28,8 @@ from l3node.phantom.ribs import RibCage
 
 _BONE = (int(Structure.CORTICAL), int(Structure.CANCELLOUS), int(Structure.THIN_CORTEX))
 _FECES, _GAS = int(Structure.FECES), int(Structure.BOWEL_GAS)
-_SOFT = (int(Structure.MUSCLE), int(Structure.IMAT), int(Structure.VAT), int(Structure.SAT))
-_MUSCLE_CODES = (int(Structure.MUSCLE), int(Structure.IMAT))
+_SOFT = (int(Structure.MUSCLE), int(Structure.BACK_MUSCLE), int(Structure.IMAT), int(Structure.VAT), int(Structure.SAT))
+_MUSCLE_CODES = (int(Structure.MUSCLE), int(Structure.BACK_MUSCLE), int(Structure.IMAT))
 _SPINE = (int(Structure.DISC), int(Structure.CANAL), int(Structure.EPIDURAL_FAT), int(Structure.SLAB_BONE))
 _EIGHT = np.ones((3, 3), bool)
 POCKET_MAX_MM2 = 500.0
