@@ -198,13 +198,12 @@ def organs_and_fluid(
     """Soft tissue that is not muscle: organs brighter than it, fluid darker than it.
 
     Single pixels of muscle, liver and fluid overlap in HU; their means over about
-    5 mm (:func:`smoothed_hu`) do not. The reference for fluid is the back muscles'
-    smoothed HU (:func:`back_muscle_hu`), neither diluted by fat like a thin wall nor
-    raised by an organ in the wall band like ``wall_ref_hu``; ``wall_ref_hu`` stands in
-    when the back muscles are not found. An organ must be brighter than both: older
-    patients' back muscles often carry more fat than their psoas and abdominal wall
-    (real CT at L3: back 11 HU, wall 30 HU), and against the back muscles alone the
-    wall's own inner layers read as organ and ended the wall. Behind the vertebra near the midline lie
+    5 mm (:func:`smoothed_hu`) do not. The reference is the brighter of the back
+    muscles' smoothed HU (:func:`back_muscle_hu`) and the wall's level ``wall_ref_hu``:
+    older patients' back muscles often carry more fat than their psoas and abdominal
+    wall (real CT at L3: back 11 HU, wall 30 HU), and against the back muscles alone
+    the wall's own inner layers read as organ and ended the wall, and bowel content was
+    not darker than the reference. Behind the vertebra near the midline lie
     only back muscles: nothing there is an organ or fluid. A muscle-range pixel whose
     plain mean is dark only because fat lies beside it -- its soft-tissue mean
     (:func:`soft_tissue_hu`) is within ``EDGE_DELTA_HU`` of the back muscles' -- is a
@@ -221,7 +220,8 @@ def organs_and_fluid(
     spine:
         The vertebra, if found.
     wall_ref_hu:
-        :func:`muscle_reference_hu` of the slice.
+        The wall's level: :func:`muscle_reference_hu` of the slice's soft-tissue means
+        (:func:`soft_tissue_hu`) in the fascia band.
     pixel_mm:
         ``(row, column)`` spacing in mm.
     smooth, soft:
@@ -242,15 +242,14 @@ def organs_and_fluid(
         cols = np.abs(np.arange(hu.shape[1]) - spine.centre[1]) * pixel_mm[1] <= PARASPINAL_HALF_WIDTH_MM
         zone[back_rows, cols] = False
         back_ref = back_muscle_hu(smooth, muscle_hu, spine, pixel_mm)
-    reference = back_ref if back_ref is not None else wall_ref_hu
+    # Psoas, crura and wall are often denser than fatty back muscles: the brighter of
+    # the two levels is the patient's muscle.
+    reference = wall_ref_hu if back_ref is None else max(back_ref, wall_ref_hu)
     soft = soft_tissue_hu(hu, muscle_hu, pixel_mm) if soft is None else soft
-    # Psoas, crura and wall are often denser than fatty back muscles: an organ must be
-    # brighter than the wall's upper quartile too.
-    organ_ref = max(reference, wall_ref_hu)
-    bright = zone & (smooth > organ_ref + ORGAN_DELTA_HU)
+    bright = zone & (smooth > reference + ORGAN_DELTA_HU)
     # The smoothing spreads an organ by half its window over the wall muscle against
     # it; at the organ's rim only pixels bright themselves are organ.
-    organ = bright & (ndi.binary_erosion(bright) | (hu > organ_ref + ORGAN_DELTA_HU))
+    organ = bright & (ndi.binary_erosion(bright) | (hu > reference + ORGAN_DELTA_HU))
     # Fat beside muscle would darken a plain mean at every muscle edge; fluid is
     # judged on the mean of the soft-tissue neighbours only.
     soft_ref = back_muscle_hu(soft, muscle_hu, spine, pixel_mm) if spine is not None else None
