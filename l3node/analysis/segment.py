@@ -161,7 +161,8 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     inside = body & (geometry.rho < fascia_at)
     bone = (ghu >= max(BONE_HU, config.muscle_hu.max)) & body
     spine = find_vertebra(np.where(inside, ghu, -1000.0), bone & inside, (dy, dx))
-    muscle_ref = muscle_reference_hu(ghu, classes, inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM))
+    fascia_band = inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM)
+    muscle_ref = muscle_reference_hu(ghu, classes, fascia_band)
     muscle_geo = (ghu >= config.muscle_hu.min) & (ghu <= config.muscle_hu.max) & body
     not_muscle = np.zeros_like(body)
     if muscle_ref is not None:
@@ -172,15 +173,16 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
         soft = soft_tissue_hu(hu, muscle_hu & inside, (dy, dx))
         # The wall's own level for the organ test: soft-tissue means average the noise
         # out that lifts an upper quartile of single pixels, and fat does not dilute them.
-        wall_ref = muscle_reference_hu(soft, classes, inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM))
-        stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine,
-                                                  muscle_ref if wall_ref is None else wall_ref, (dy, dx),
+        # Same band and classes as muscle_ref, so never None here.
+        wall_ref = muscle_reference_hu(soft, classes, fascia_band)
+        assert wall_ref is not None
+        stops_wall, not_muscle = organs_and_fluid(hu, muscle_hu & inside, inside, spine, wall_ref, (dy, dx),
                                                   smooth=smooth, soft=soft)
         classes[(classes == MUSCLE) & stops_wall] = ORGAN
         # Bowel content pressed on the wall over a wide arc thickens every ray there alike,
         # so the neighbours' thickness is no check; a body of fluid darker than the outer
         # wall on its own ray stops the walk (a fatty, fat-planed wall is dark all through).
-        outer = inside & (geometry.rho >= fascia_at - FASCIA_BAND_MM) & (classes == MUSCLE)
+        outer = fascia_band & (classes == MUSCLE)
         outer_hu = geometry.at_angle(per_ray_mean(geometry, soft, outer))
         dark = fluid_bodies(hu, not_muscle & ~stops_wall, (dy, dx), smooth) & (soft < outer_hu - WALL_FLUID_DELTA_HU)
         classes[(classes == MUSCLE) & dark] = ORGAN
