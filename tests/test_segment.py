@@ -900,3 +900,24 @@ def test_wall_kept_when_the_back_muscles_are_fattier_than_the_wall(seed):
     wall = true_muscle & (np.hypot(rr - centre_row, cc - centre_col) * pixel[1] > 80.0)
     assert (muscle & wall).sum() >= 0.95 * wall.sum(), ((muscle & wall).sum(), wall.sum())
     assert dice(muscle, true_muscle) >= 0.94
+
+
+def test_body_box_gives_the_labels_of_the_whole_slice(drawn):
+    """Everything after the outline runs on the body's box (:func:`body_box`); the labels must
+    be those of the same steps on the whole slice. A noisy phantom with the arms against the
+    torso, and the drawn slice (its table and arm at the box's edge)."""
+    from l3node.analysis.segment import _segment_body, body_box
+
+    phantom_module = pytest.importorskip("l3node.phantom")
+    phantom = phantom_module.make_phantom("four_lumbar", seed=2003, matrix=256, slice_thickness_mm=5.0,
+                                          scan_range="abdomen_pelvis")
+    k = phantom.ground_truth["l3_slice_index"]
+    pixel = (phantom.volume.spacing_mm[1], phantom.volume.spacing_mm[2])
+    cases = [(np.asarray(phantom.volume.hu[k], np.float64), pixel), (drawn[0], (PIXEL_MM, PIXEL_MM))]
+    for hu, spacing in cases:
+        body = body_mask(hu, spacing)
+        box = body_box(body, spacing)
+        assert box[0].stop - box[0].start < hu.shape[0] or box[1].stop - box[1].start < hu.shape[1]
+        whole = _segment_body(hu, body, spacing, AnalysisConfig())
+        assert whole.any()
+        assert np.array_equal(segment_slice(hu, spacing), whole)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from l3node.analysis.masks import fill_holes, region_max
+
 __all__ = [
     "ARM_BRIDGE_MM", "BODY_HU", "FOLD_MM", "LIMB_BONE_CUT_MM2", "LIMB_BONE_MM2", "LIMB_BONED_PROMINENCE_MM",
     "LIMB_MAX_FRACTION", "LIMB_PROMINENCE_MM",
@@ -95,13 +97,13 @@ def body_mask(hu: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
         largest = largest_component(largest & (reach <= ARM_BRIDGE_MM + max(pixel_mm)))
     # Air enclosed between an arm and the torso is not internal gas: it lies within a
     # skin fold of the outline. It stays out while arms are looked for.
-    filled = ndi.binary_fill_holes(largest)
+    filled = fill_holes(largest)
     holes, n = ndi.label(filled & ~largest)
     if n:
         near_outside = ndi.distance_transform_edt(filled, sampling=pixel_mm) <= max(FOLD_MM, *pixel_mm)
         folds = np.isin(holes, np.unique(holes[near_outside & (holes > 0)]))
         filled &= ~folds
-    return ndi.binary_fill_holes(drop_limbs(largest_component(filled), pixel_mm, hu >= LIMB_BONE_HU))
+    return fill_holes(drop_limbs(largest_component(filled), pixel_mm, hu >= LIMB_BONE_HU))
 
 
 def drop_limbs(body: np.ndarray, pixel_mm: tuple[float, float], bone: np.ndarray | None = None) -> np.ndarray:
@@ -144,7 +146,7 @@ def drop_limbs(body: np.ndarray, pixel_mm: tuple[float, float], bone: np.ndarray
     if n < 2:
         return body
     index = np.arange(1, n + 1)
-    heights = ndi.maximum(depth, labelled, index)
+    heights = region_max(depth, labelled, n)
     centres = ndi.center_of_mass(summits, labelled, index)
     torso = int(np.argmax(heights))
     limbs = []

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from l3node.analysis.body_wall import MUSCLE, PARASPINAL_HALF_WIDTH_MM
+from l3node.analysis.masks import region_max, region_median
 from l3node.analysis.slice_vertebra import SpinePlane
 from l3node.analysis.split_bodies import split_at_necks
 
@@ -344,10 +345,9 @@ def muscle_compartments(
     labelled, n = ndi.label(opened)
     if n == 0:
         return muscle
-    index = np.arange(1, n + 1)
-    median_row = ndi.median(np.broadcast_to(rows, muscle_hu.shape), labelled, index)
-    touches_bone = ndi.maximum(reach <= 4.0 + max(pixel_mm), labelled, index).astype(bool)
-    touches_wall = ndi.maximum(ndi.binary_dilation(muscle, iterations=1), labelled, index).astype(bool)
+    median_row = region_median(rows, labelled, n)
+    touches_bone = region_max(reach <= 4.0 + max(pixel_mm), labelled, n).astype(bool)
+    touches_wall = region_max(ndi.binary_dilation(muscle, iterations=1), labelled, n).astype(bool)
     keep = np.zeros(n + 1, bool)
     # Muscle islands that touch neither are not collected: behind the vertebra's
     # middle they are as often a kidney's posterior half as a quadratus lumborum
@@ -360,10 +360,9 @@ def muscle_compartments(
     # 0.5 cm^2 less bowel per slice taken for psoas, seeds 0-19).
     parts, n_parts = split_at_necks(grown, pixel_mm)
     if n_parts:
-        index = np.arange(1, n_parts + 1)
-        median_row = ndi.median(np.broadcast_to(rows, muscle_hu.shape), parts, index)
-        touches_bone = ndi.maximum(reach <= 4.0 + max(pixel_mm), parts, index).astype(bool)
-        touches_wall = ndi.maximum(ndi.binary_dilation(muscle, iterations=1), parts, index).astype(bool)
+        median_row = region_median(rows, parts, n_parts)
+        touches_bone = region_max(reach <= 4.0 + max(pixel_mm), parts, n_parts).astype(bool)
+        touches_wall = region_max(ndi.binary_dilation(muscle, iterations=1), parts, n_parts).astype(bool)
         keep_part = np.zeros(n_parts + 1, bool)
         keep_part[1:] = (touches_bone & (median_row >= spine.front_row)) | (
             (median_row >= spine.centre[0]) & touches_wall)

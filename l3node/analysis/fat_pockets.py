@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from l3node.analysis.compartments import masked_mean
+from l3node.analysis.masks import fill_holes, region_min
 from l3node.analysis.slice_vertebra import SpinePlane
 
 __all__ = [
@@ -68,7 +69,7 @@ def imat_compartment(muscle: np.ndarray, pixel_mm: tuple[float, float]) -> np.nd
         Pixels where fat-range HU is IMAT.
     """
     closed = ndi.binary_closing(muscle, iterations=1) | muscle
-    holes = ndi.binary_fill_holes(closed) & ~closed
+    holes = fill_holes(closed) & ~closed
     labelled, n = ndi.label(holes)
     pockets = np.zeros_like(muscle)
     if n:
@@ -99,14 +100,14 @@ def paraspinal_pockets(muscle: np.ndarray, spine: SpinePlane, pixel_mm: tuple[fl
     """
     walls = muscle | spine.bone
     closed = ndi.binary_closing(walls, iterations=1) | walls
-    holes = ndi.binary_fill_holes(closed) & ~closed
+    holes = fill_holes(closed) & ~closed
     labelled, n = ndi.label(holes)
     if n == 0:
         return holes
     index = np.arange(1, n + 1)
     areas = np.bincount(labelled.ravel())[1:] * pixel_mm[0] * pixel_mm[1]
     spine_mm = ndi.distance_transform_edt(~spine.bone, sampling=pixel_mm)
-    near = ndi.minimum(spine_mm, labelled, index) <= SPINE_POCKET_MM
+    near = region_min(spine_mm, labelled, n) <= SPINE_POCKET_MM
     # Mostly muscle around: a pocket between bowel filled with oral contrast (which can
     # join the vertebra's mask) and the wall is visceral fat.
     ring = ndi.binary_dilation(holes) & ~holes

@@ -110,7 +110,13 @@ from l3node.analysis.tissues import Tissue
 from l3node.analysis.volume import Volume, axial_plane
 from l3node.config import AnalysisConfig
 
-__all__ = ["averaged_slices", "body_mask", "segment_at_l3", "segment_slice"]
+__all__ = ["BOX_MARGIN_MM", "BOX_MARGIN_PX", "averaged_slices", "body_box", "body_mask", "segment_at_l3", "segment_slice"]
+
+BOX_MARGIN_MM = 15.0
+"""Everything after the body outline works on the body's bounding box grown by this margin:
+the widest filter (5 mm means, a 1.5-pixel Gaussian) then sees the same pixels as on the
+whole slice, so the labels are the same, at about half the work on a 512 x 512 slice."""
+BOX_MARGIN_PX = 8
 
 
 def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: AnalysisConfig | None = None) -> np.ndarray:
@@ -144,6 +150,37 @@ def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: Analysi
     body = body_mask(hu, (dy, dx))
     if body.sum() < 100:
         return labels
+    box = body_box(body, (dy, dx))
+    labels[box] = _segment_body(hu[box], body[box], (dy, dx), config)
+    return labels
+
+
+def body_box(body: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[slice, slice]:
+    """The bounding box of ``body`` grown by ``BOX_MARGIN_MM`` (at least ``BOX_MARGIN_PX``),
+    clipped to the slice.
+
+    Parameters
+    ----------
+    body:
+        Non-empty boolean body mask.
+    pixel_mm:
+        ``(row, column)`` spacing in mm.
+
+    Returns
+    -------
+    tuple of slice
+        ``(rows, columns)``.
+    """
+    rows, cols = np.nonzero(body.any(axis=1))[0], np.nonzero(body.any(axis=0))[0]
+    margin = [max(BOX_MARGIN_PX, int(np.ceil(BOX_MARGIN_MM / spacing))) for spacing in pixel_mm]
+    return (slice(max(0, rows[0] - margin[0]), rows[-1] + margin[0] + 1),
+            slice(max(0, cols[0] - margin[1]), cols[-1] + margin[1] + 1))
+
+
+def _segment_body(hu: np.ndarray, body: np.ndarray, pixel_mm: tuple[float, float], config: AnalysisConfig) -> np.ndarray:
+    """Steps 2-8 of the module's list on the body's box (:func:`segment_slice`)."""
+    dy, dx = pixel_mm
+    labels = np.zeros(hu.shape, np.uint8)
     muscle_hu = (hu >= config.muscle_hu.min) & (hu <= config.muscle_hu.max) & body
     fat_hu = (hu >= config.fat_hu.min) & (hu <= config.fat_hu.max) & body
 

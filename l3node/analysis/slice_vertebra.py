@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from l3node.analysis.masks import fill_holes, region_min
+
 __all__ = ["BONE_HU", "CORTEX_BLUR_MM", "SpinePlane", "around_spine", "find_vertebra"]
 
 BONE_HU = 150.0
@@ -152,7 +154,7 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     # the concavities it would fill).
     for closing_mm in (5.0, CANAL_CLOSING_MM):
         closed = ndi.binary_closing(region, iterations=max(1, int(round(closing_mm / min(pixel_mm))))) | region
-        region |= ndi.binary_fill_holes(closed) & ~closed
+        region |= fill_holes(closed) & ~closed
     region |= _canal(region, pixel_mm)
     vr, vc = np.nonzero(region)
     centre = (float(np.median(vr)), float(np.median(vc)))
@@ -184,7 +186,7 @@ def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distan
     cols = ndi.mean(np.broadcast_to(np.arange(hu.shape[1]), hu.shape), labels, index)
     keep = (areas >= DISC_MIN_MM2) & (np.abs(cols - np.nonzero(vertebra)[1].mean()) * pixel_mm[1] <= DISC_OFFSET_MM)
     if apart:
-        keep &= ndi.minimum(distance, labels, index) > 1.5 * max(pixel_mm)
+        keep &= region_min(distance, labels, n) > 1.5 * max(pixel_mm)
     return np.concatenate([[False], keep])[labels]
 
 
@@ -202,7 +204,7 @@ def _dense_front(vertebra: np.ndarray, dense: np.ndarray, row_mm: float) -> int:
     rr, cc = np.nonzero(dense | vertebra)
     box = (slice(max(0, rr.min() - 1), rr.max() + 2), slice(max(0, cc.min() - 1), cc.max() + 2))
     bone, near = vertebra[box], dense[box] | vertebra[box]
-    solid = ndi.binary_fill_holes(ndi.binary_closing(near) | near)
+    solid = fill_holes(ndi.binary_closing(near) | near)
     labelled, _ = ndi.label(solid)
     solid = np.isin(labelled, np.unique(labelled[bone]))
     top = int(np.nonzero(bone)[0].min())
@@ -300,7 +302,7 @@ def _vertebra_bone(bone: np.ndarray, pixel_mm: tuple[float, float], midline_col:
     piece is chosen by :func:`_main_piece`: bowel full of oral contrast can be
     larger than the vertebra, but never lies behind it.
     """
-    closed = ndi.binary_fill_holes(ndi.binary_closing(bone, iterations=max(1, int(round(3.0 / min(pixel_mm))))))
+    closed = fill_holes(ndi.binary_closing(bone, iterations=max(1, int(round(3.0 / min(pixel_mm))))))
     labelled, n = ndi.label(closed)
     sizes = np.bincount(labelled.ravel()) * pixel_mm[0] * pixel_mm[1]
     sizes[0] = 0
