@@ -12,7 +12,9 @@ lives in the module named. The steps of :func:`segment_slice`:
 1. Body (:func:`~l3node.analysis.body.body_mask`) -- the largest component above
    -500 HU after an opening that cuts table, mattress and arms off at narrow
    contacts; arms lying against the torso cut off where the depth map has a
-   saddle between them; internal gas filled.
+   saddle between them; internal gas filled. Every later step (0 included) runs on
+   the body's bounding box grown by ``BOX_MARGIN_MM`` (:func:`body_box`): the same
+   labels as on the whole slice, at a third of the time.
 2. Fascia (:func:`~l3node.analysis.body_wall.fascia_radii`) -- rays from the body
    centre, sampled every half pixel. Walking inward from the skin, the
    subcutaneous fat ends at the first soft-tissue run thicker than a septum.
