@@ -245,6 +245,24 @@ def test_bowel_content_is_rarely_fat_range(phantoms):
         assert -10.0 < float(np.median(hu[away])) < 70.0
 
 
+def test_bowel_content_never_touches_muscle():
+    """A bowel loop is painted over visceral fat only, so a loop pressed on the psoas or the
+    wall is cut where the muscle is; its wall must still go all round its content. Without
+    that, fluid lay directly on muscle (seed 73 at 512: 145 pixels on the L3 slice)."""
+    from scipy import ndimage
+
+    p = make_phantom("normal", seed=73, matrix=256, slice_thickness_mm=5.0, scan_range="abdomen_pelvis")
+    structures = np.asarray(p.structure_labels)
+    k = p.ground_truth["l3_slice_index"]
+    content_codes = (Structure.BOWEL_FLUID, Structure.FECES, Structure.BOWEL_GAS)
+    wall_on_muscle = 0
+    for plane in structures[k - 4 : k + 5]:
+        muscle_edge = ndimage.binary_dilation(np.isin(plane, (Structure.MUSCLE, Structure.BACK_MUSCLE)))
+        assert not (np.isin(plane, content_codes) & muscle_edge).any()
+        wall_on_muscle += int(((plane == Structure.BOWEL_WALL) & muscle_edge).sum())
+    assert wall_on_muscle > 100  # loops do lie on muscle here, with their wall between
+
+
 def test_quadratus_lumborum_abuts_transverse_process_and_back_muscles(phantoms):
     from scipy import ndimage
 

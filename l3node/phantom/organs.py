@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from l3node.phantom.anatomy import sacrum_shape
 from l3node.phantom.body import Torso
@@ -19,6 +20,9 @@ from l3node.phantom.pelvis import Pelvis
 
 V = int(Structure.VAT)
 _BOWEL = (V, int(Structure.BOWEL_WALL), int(Structure.BOWEL_FLUID), int(Structure.BOWEL_GAS))
+_CONTENT = (int(Structure.BOWEL_FLUID), int(Structure.FECES), int(Structure.BOWEL_GAS))
+BOWEL_WALL_MM = 2.5
+"""Thickness of the bowel wall (mucosa to serosa) around every loop's content."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,32 @@ def _gas_level(canvas: SliceCanvas, cx: float, cy: float, r: float, fraction: fl
 
 def _tube(canvas: SliceCanvas, x: float, y: float, r: float, content: int, gas: float, prone: bool,
           aspect: float = 1.0, angle: float = 0.0) -> None:
-    canvas.ellipse(int(Structure.BOWEL_WALL), x, y, r, r * aspect, angle, only=_BOWEL)
-    canvas.ellipse(content, x, y, r - 2.5, r * aspect - 2.5, angle, only=(int(Structure.BOWEL_WALL),))
-    _gas_level(canvas, x, y, min(r, r * aspect) - 2.5, gas, prone)
+    wall = int(Structure.BOWEL_WALL)
+    canvas.ellipse(wall, x, y, r, r * aspect, angle, only=_BOWEL)
+    canvas.ellipse(content, x, y, r - BOWEL_WALL_MM, r * aspect - BOWEL_WALL_MM, angle, only=(wall,))
+    _keep_wall_around_content(canvas, x, y, r, r * aspect, angle, wall, BOWEL_WALL_MM)
+    _gas_level(canvas, x, y, min(r, r * aspect) - BOWEL_WALL_MM, gas, prone)
+
+
+def _keep_wall_around_content(canvas: SliceCanvas, x: float, y: float, a: float, b: float, angle: float,
+                              wall: int, thickness_mm: float) -> None:
+    """A loop (or the stomach) pressed on muscle, an organ or bone is cut where they are (it is
+    painted over VAT only); its wall still goes all round its content: content nearer than
+    ``thickness_mm`` to anything but bowel and visceral fat becomes ``wall``."""
+    found = canvas.ellipse_mask(x, y, a, b, angle)
+    if found is None:
+        return
+    window, _ = found
+    sub = canvas.image[window]
+    other = ~code_lut(_BOWEL + (int(Structure.FECES), int(Structure.STOMACH_WALL)))[sub]
+    contents = code_lut(_CONTENT)[sub]
+    if not other.any() or not contents.any():
+        return
+    spacing = (float(abs(canvas.y_mm[1] - canvas.y_mm[0])), float(abs(canvas.x_mm[1] - canvas.x_mm[0])))
+    # At least one pixel of wall where the pixels are coarser than the wall.
+    near = ndimage.distance_transform_edt(~other, sampling=spacing) < thickness_mm
+    near |= ndimage.binary_dilation(other, structure=np.ones((3, 3), bool))
+    sub[near & contents] = wall
 
 
 def paint_thorax(canvas: SliceCanvas, torso: Torso, z: float, cavity: np.ndarray) -> None:
@@ -131,6 +158,7 @@ def paint_abdomen(canvas: SliceCanvas, torso: Torso, pelvis: Pelvis, viscera: Vi
         canvas.ellipse(int(Structure.STOMACH_WALL), cx, cy, r * 1.2, r, only=(V,))
         canvas.ellipse(int(Structure.BOWEL_FLUID), cx, cy, r * 1.2 - 4.0, r - 4.0,
                        only=(int(Structure.STOMACH_WALL),))
+        _keep_wall_around_content(canvas, cx, cy, r * 1.2, r, 0.0, int(Structure.STOMACH_WALL), 4.0)
         _gas_level(canvas, cx, cy, r - 4.0, 0.35, prone)
     l1 = spine.by_name("L1")
     if l1.z_inferior_mm - 15.0 < z < l1.z_superior_mm + 10.0:
@@ -151,7 +179,7 @@ def paint_abdomen(canvas: SliceCanvas, torso: Torso, pelvis: Pelvis, viscera: Vi
         dz = (z - lz) / half
         if abs(dz) < 1.0:
             content = int(Structure.FECES) if gas > 0.4 else int(Structure.BOWEL_FLUID)
-            _tube(canvas, x, y, r * np.sqrt(1.0 - dz * dz) + 2.5, content, gas, prone, aspect, angle + 0.01 * z)
+            _tube(canvas, x, y, r * np.sqrt(1.0 - dz * dz) + BOWEL_WALL_MM, content, gas, prone, aspect, angle + 0.01 * z)
 
 
 def _paint_vessels(canvas: SliceCanvas, torso: Torso, pelvis: Pelvis, viscera: Viscera, z: float,
