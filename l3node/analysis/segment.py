@@ -117,7 +117,7 @@ __all__ = ["BOX_MARGIN_MM", "BOX_MARGIN_PX", "averaged_slices", "body_box", "bod
 BOX_MARGIN_MM = 15.0
 """Everything after the body outline works on the body's bounding box grown by this margin:
 the widest filter (5 mm means, a 1.5-pixel Gaussian) then sees the same pixels as on the
-whole slice, so the labels are the same, at about half the work on a 512 x 512 slice."""
+whole slice, so the labels are the same, at about a third of the time on a 512 x 512 slice."""
 BOX_MARGIN_PX = 8
 
 
@@ -180,7 +180,7 @@ def body_box(body: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[slice, sl
 
 
 def _segment_body(hu: np.ndarray, body: np.ndarray, pixel_mm: tuple[float, float], config: AnalysisConfig) -> np.ndarray:
-    """Steps 2-8 of the module's list on the body's box (:func:`segment_slice`)."""
+    """Steps 0 and 2-8 of the module's list on the body's box (:func:`segment_slice`)."""
     dy, dx = pixel_mm
     labels = np.zeros(hu.shape, np.uint8)
     muscle_hu = (hu >= config.muscle_hu.min) & (hu <= config.muscle_hu.max) & body
