@@ -256,11 +256,12 @@ def test_bowel_content_never_touches_muscle():
     k = p.ground_truth["l3_slice_index"]
     content_codes = (Structure.BOWEL_FLUID, Structure.FECES, Structure.BOWEL_GAS)
     wall_on_muscle = 0
-    for plane in structures[k - 4 : k + 5]:
+    for i, plane in enumerate(structures):  # the transverse colon (a capsule, at L2) too
         muscle_edge = ndimage.binary_dilation(np.isin(plane, (Structure.MUSCLE, Structure.BACK_MUSCLE)))
-        assert not (np.isin(plane, content_codes) & muscle_edge).any()
-        wall_on_muscle += int(((plane == Structure.BOWEL_WALL) & muscle_edge).sum())
-    assert wall_on_muscle > 100  # loops do lie on muscle here, with their wall between
+        assert not (np.isin(plane, content_codes) & muscle_edge).any(), i
+        if abs(i - k) <= 4:
+            wall_on_muscle += int(((plane == Structure.BOWEL_WALL) & muscle_edge).sum())
+    assert wall_on_muscle > 100  # loops do lie on muscle at L3, with their wall between
 
 
 def test_quadratus_lumborum_abuts_transverse_process_and_back_muscles(phantoms):

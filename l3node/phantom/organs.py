@@ -85,16 +85,18 @@ def _tube(canvas: SliceCanvas, x: float, y: float, r: float, content: int, gas: 
     wall = int(Structure.BOWEL_WALL)
     canvas.ellipse(wall, x, y, r, r * aspect, angle, only=_BOWEL)
     canvas.ellipse(content, x, y, r - BOWEL_WALL_MM, r * aspect - BOWEL_WALL_MM, angle, only=(wall,))
-    _keep_wall_around_content(canvas, x, y, r, r * aspect, angle, wall, BOWEL_WALL_MM)
+    half = max(r, r * aspect)  # the rotated ellipse lies within this square
+    _keep_wall_around_content(canvas, x, y, half, half, wall, BOWEL_WALL_MM)
     _gas_level(canvas, x, y, min(r, r * aspect) - BOWEL_WALL_MM, gas, prone)
 
 
-def _keep_wall_around_content(canvas: SliceCanvas, x: float, y: float, a: float, b: float, angle: float,
+def _keep_wall_around_content(canvas: SliceCanvas, x: float, y: float, half_x: float, half_y: float,
                               wall: int, thickness_mm: float) -> None:
     """A loop (or the stomach) pressed on muscle, an organ or bone is cut where they are (it is
-    painted over VAT only); its wall still goes all round its content: content nearer than
-    ``thickness_mm`` to anything but bowel and visceral fat becomes ``wall``."""
-    found = canvas.ellipse_mask(x, y, a, b, angle)
+    painted over VAT only); its wall still goes all round its content: within the box
+    ``x ± half_x``, ``y ± half_y`` (mm) that holds the loop, content nearer than ``thickness_mm``
+    to anything but bowel and visceral fat becomes ``wall``."""
+    found = canvas.ellipse_mask(x, y, half_x, half_y)  # only its window (the box) is used
     if found is None:
         return
     window, _ = found
@@ -158,7 +160,7 @@ def paint_abdomen(canvas: SliceCanvas, torso: Torso, pelvis: Pelvis, viscera: Vi
         canvas.ellipse(int(Structure.STOMACH_WALL), cx, cy, r * 1.2, r, only=(V,))
         canvas.ellipse(int(Structure.BOWEL_FLUID), cx, cy, r * 1.2 - 4.0, r - 4.0,
                        only=(int(Structure.STOMACH_WALL),))
-        _keep_wall_around_content(canvas, cx, cy, r * 1.2, r, 0.0, int(Structure.STOMACH_WALL), 4.0)
+        _keep_wall_around_content(canvas, cx, cy, r * 1.2, r, int(Structure.STOMACH_WALL), 4.0)
         _gas_level(canvas, cx, cy, r - 4.0, 0.35, prone)
     l1 = spine.by_name("L1")
     if l1.z_inferior_mm - 15.0 < z < l1.z_superior_mm + 10.0:
@@ -209,12 +211,14 @@ def _paint_colon(canvas: SliceCanvas, torso: Torso, pelvis: Pelvis, z: float, a:
         _tube(canvas, 0.66 * a, 0.05 * b_ant, 15.0, feces, 0.6, prone)
     zt = spine.by_name("L2").z_superior_mm
     if abs(z - zt) < 16.0:
+        # Transverse colon: a gas-filled capsule under the anterior wall.
         r = float(np.sqrt(16.0**2 - (z - zt) ** 2))
-        canvas.capsule(int(Structure.BOWEL_WALL), (-0.55 * a, -0.62 * b_ant), (0.55 * a, -0.55 * b_ant), r,
-                       only=_BOWEL)
+        ends = (-0.55 * a, -0.62 * b_ant), (0.55 * a, -0.55 * b_ant)
+        canvas.capsule(int(Structure.BOWEL_WALL), *ends, r, only=_BOWEL)
         if r > 3.0:
-            canvas.capsule(int(Structure.BOWEL_GAS), (-0.55 * a, -0.62 * b_ant), (0.55 * a, -0.55 * b_ant), r - 2.5,
-                           only=(int(Structure.BOWEL_WALL),))
+            canvas.capsule(int(Structure.BOWEL_GAS), *ends, r - BOWEL_WALL_MM, only=(int(Structure.BOWEL_WALL),))
+            _keep_wall_around_content(canvas, 0.0, -0.585 * b_ant, 0.55 * a + r, 0.035 * b_ant + r,
+                                      int(Structure.BOWEL_WALL), BOWEL_WALL_MM)
     sac = spine.sacrum
     if pelvis.head_z_mm - 40.0 < z < (sac.z_inferior_mm + sac.z_superior_mm) / 2:
         shape = sacrum_shape(sac, z)
