@@ -20,14 +20,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 
 from l3node.analysis.frames import expand_frames, frame_of
 from l3node.errors import SeriesRejected
+
+if TYPE_CHECKING:  # SimpleITK is loaded only where NIfTI is read or written (a 50 MB library)
+    import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class Volume:
 
 def to_sitk(volume: Volume) -> sitk.Image:
     """The volume as a SimpleITK image (LPS direction = identity)."""
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(volume.hu)
     image.SetSpacing((volume.spacing_mm[2], volume.spacing_mm[1], volume.spacing_mm[0]))
     image.SetOrigin(volume.origin_mm)
@@ -111,6 +115,8 @@ def from_sitk(image: sitk.Image, *, hu: bool = True) -> Volume:
     Oblique directions are snapped to the nearest axes by ``DICOMOrient``; callers
     that care (DICOM series) check obliquity before.
     """
+    import SimpleITK as sitk
+
     oriented = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayFromImage(oriented)
     array = array.astype(np.float32) if hu else array
@@ -120,11 +126,15 @@ def from_sitk(image: sitk.Image, *, hu: bool = True) -> Volume:
 
 def read_nifti(path: str | Path) -> Volume:
     """Read a NIfTI CT volume into the package convention."""
+    import SimpleITK as sitk
+
     return from_sitk(sitk.ReadImage(str(path)))
 
 
 def read_label_nifti(path: str | Path) -> np.ndarray:
     """Read a NIfTI label map and return its integer array in the package convention."""
+    import SimpleITK as sitk
+
     return from_sitk(sitk.ReadImage(str(path)), hu=False).hu
 
 

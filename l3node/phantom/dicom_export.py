@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless,
                          UID, generate_uid)
@@ -201,6 +200,8 @@ def write_nifti(phantom: Phantom, out_dir: str | Path) -> list[Path]:
     """Write ``ct.nii.gz`` (int16 HU), ``vertebrae.nii.gz``, ``tissues.nii.gz``, ``structures.nii.gz``,
     ``compartments.nii.gz`` (1 muscle, 2 visceral, 3 subcutaneous) and
     ``vertebral_bodies_and_discs.nii.gz`` (1 body, 2 disc) into ``out_dir``."""
+    import SimpleITK as sitk  # loaded only where NIfTI is written, as in l3node.analysis.volume
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reference = to_sitk(phantom.volume)
