@@ -7,7 +7,8 @@ preprocessing: input spacing and intensity window, architecture, parameter count
 data, epochs, validation metrics, device, torch version, date).
 
 Retrain the shipped weights (measured on the shared 2-core CPU: l3 282 s, seg 749 s, plus
-~12 min to generate the 261 phantoms once, see :mod:`l3node.train.datasets`)::
+~12 min to generate the 261 phantoms once, see :mod:`l3node.train.datasets`; on an NVIDIA H200,
+which ``--device auto`` takes, seg 42 s)::
 
     python -m l3node.train.train_cli l3 weights/l3_mip --phantoms-per-variant 24 --epochs 30
     python -m l3node.train.train_cli seg weights/tissue_unet --phantoms-per-variant 24 --epochs 12
