@@ -65,6 +65,10 @@ MAX_COUNT_DISAGREEMENT = 2
 """Variants shift the count by one level, combined ones by two; more means a misread anchor."""
 MIN_COUNTED_HEIGHT_MM = 10.0
 """A vertebra counted between the anchor and L3 (lumbar, measured 18-30 mm) is never this short."""
+MAX_COUNTED_HEIGHT_MM = 45.0
+"""... nor this tall (the height :mod:`l3node.analysis.spine_pelvis` takes for pelvis, not a
+vertebra): two bodies joined where their disc was missed. The rib anchor is checked too (the real
+CT cut at 250 mm read T12 and L1 as one 59 mm "T12" and named L4 as L3)."""
 THIN_DISC_RATIO = 0.6
 """A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
 SHALLOW_DISC_RATIO = 0.5
@@ -444,6 +448,15 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         # A lumbar "body" this short is a body split by a false disc (or a crushed one):
         # the count through it cannot be trusted.
         notes.append("an implausibly short vertebra lies between the anchor and L3: the count is in doubt")
+        return _unidentified(method + "; count in doubt", min(confidence, 0.2), variant, vertebrae, notes,
+                             rib_z, sac_z)
+    # A vertebra taller than any lumbar one is two joined where their disc was missed: each
+    # level below it is counted one too high. That holds for a rib anchor as well; a sacral
+    # anchor is tall by nature.
+    spanned = range(anchor, chosen + 1) if from_ribs else range(chosen, anchor)
+    if any(vs[i].height_mm > MAX_COUNTED_HEIGHT_MM for i in spanned if 0 <= i < len(vs)):
+        notes.append("an implausibly tall vertebra (two bodies, a disc missed) lies between the anchor and L3: "
+                     "the count is in doubt")
         return _unidentified(method + "; count in doubt", min(confidence, 0.2), variant, vertebrae, notes,
                              rib_z, sac_z)
     z = v.z_inferior_mm
