@@ -40,6 +40,7 @@ import numpy as np
 
 from l3node.analysis.spine import NORMAL_RIB_MIN_MM, SpineAnalysis, VertebraFound, analyse_spine
 from l3node.analysis.spine_column import MIN_HALF_WIDTH_MM
+from l3node.analysis.spine_pelvis import MAX_SEGMENT_HEIGHT_MM
 from l3node.analysis.spine_ribs import CAGE_LEVEL_MAX_HEIGHT_MM
 from l3node.analysis.volume import Volume
 from l3node.config import AnalysisConfig
@@ -65,9 +66,9 @@ MAX_COUNT_DISAGREEMENT = 2
 """Variants shift the count by one level, combined ones by two; more means a misread anchor."""
 MIN_COUNTED_HEIGHT_MM = 10.0
 """A vertebra counted between the anchor and L3 (lumbar, measured 18-30 mm) is never this short."""
-MAX_COUNTED_HEIGHT_MM = 45.0
-"""... nor this tall (the height :mod:`l3node.analysis.spine_pelvis` takes for pelvis, not a
-vertebra): two bodies joined where their disc was missed. The rib anchor is checked too (the real
+MAX_COUNTED_HEIGHT_MM = MAX_SEGMENT_HEIGHT_MM
+"""... nor this tall (45 mm, the height :mod:`l3node.analysis.spine_pelvis` takes for pelvis, not
+a vertebra): two bodies joined where their disc was missed. The rib anchor is checked too (the real
 CT cut at 250 mm read T12 and L1 as one 59 mm "T12" and named L4 as L3)."""
 THIN_DISC_RATIO = 0.6
 """A disc thinner than this fraction of the other lumbar discs marks a transitional level."""
@@ -450,8 +451,8 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
         notes.append("an implausibly short vertebra lies between the anchor and L3: the count is in doubt")
         return _unidentified(method + "; count in doubt", min(confidence, 0.2), variant, vertebrae, notes,
                              rib_z, sac_z)
-    # A vertebra taller than any lumbar one is two joined where their disc was missed: each
-    # level below it is counted one too high. That holds for a rib anchor as well; a sacral
+    # A vertebra taller than any lumbar one is two joined where their disc was missed: every
+    # level counted past it is named one level too high. That holds for a rib anchor as well; a sacral
     # anchor is tall by nature.
     spanned = range(anchor, chosen + 1) if from_ribs else range(chosen, anchor)
     if any(vs[i].height_mm > MAX_COUNTED_HEIGHT_MM for i in spanned if 0 <= i < len(vs)):
