@@ -44,7 +44,8 @@ class SliceCanvas:
     def clear(self) -> None:
         self.image[...] = 0
 
-    def _window(self, cx: float, cy: float, half_x: float, half_y: float):
+    def window(self, cx: float, cy: float, half_x: float, half_y: float):
+        """Row and column slices of the box ``cx ± half_x``, ``cy ± half_y`` (mm); None if empty."""
         c0 = int(np.searchsorted(self.x_mm, cx - half_x))
         c1 = int(np.searchsorted(self.x_mm, cx + half_x))
         r0 = int(np.searchsorted(self.y_mm, cy - half_y))
@@ -58,7 +59,7 @@ class SliceCanvas:
         if a <= 0 or b <= 0:
             return None
         half = max(a, b)
-        window = self._window(cx, cy, half, half) if angle_rad else self._window(cx, cy, a, b)
+        window = self.window(cx, cy, half, half) if angle_rad else self.window(cx, cy, a, b)
         if window is None:
             return None
         dx = self.x_mm[window[1]][None, :] - cx
@@ -82,7 +83,7 @@ class SliceCanvas:
 
     def rectangle(self, code: int, x0: float, x1: float, y0: float, y1: float,
                   only: tuple[int, ...] | None = None) -> None:
-        window = self._window((x0 + x1) / 2, (y0 + y1) / 2, abs(x1 - x0) / 2, abs(y1 - y0) / 2)
+        window = self.window((x0 + x1) / 2, (y0 + y1) / 2, abs(x1 - x0) / 2, abs(y1 - y0) / 2)
         if window is None:
             return
         sub = self.image[window]
@@ -95,7 +96,7 @@ class SliceCanvas:
                 only: tuple[int, ...] | None = None) -> None:
         """Paint a thick segment (stadium) from ``p0`` to ``p1``."""
         (x0, y0), (x1, y1) = p0, p1
-        window = self._window((x0 + x1) / 2, (y0 + y1) / 2, abs(x1 - x0) / 2 + radius, abs(y1 - y0) / 2 + radius)
+        window = self.window((x0 + x1) / 2, (y0 + y1) / 2, abs(x1 - x0) / 2 + radius, abs(y1 - y0) / 2 + radius)
         if window is None:
             return
         px = self.x_mm[window[1]][None, :] - x0

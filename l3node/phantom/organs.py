@@ -96,10 +96,9 @@ def _keep_wall_around_content(canvas: SliceCanvas, x: float, y: float, half_x: f
     painted over VAT only); its wall still goes all round its content: within the box
     ``x ± half_x``, ``y ± half_y`` (mm) that holds the loop, content nearer than ``thickness_mm``
     to anything but bowel and visceral fat becomes ``wall``."""
-    found = canvas.ellipse_mask(x, y, half_x, half_y)  # only its window (the box) is used
-    if found is None:
+    window = canvas.window(x, y, half_x, half_y)
+    if window is None:
         return
-    window, _ = found
     sub = canvas.image[window]
     other = ~code_lut(_BOWEL + (int(Structure.FECES), int(Structure.STOMACH_WALL)))[sub]
     contents = code_lut(_CONTENT)[sub]
