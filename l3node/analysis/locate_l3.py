@@ -146,6 +146,25 @@ class _Reading:
     mobile_lumbar: int | None  # vertebrae between T12 and the sacrum
 
 
+def _implausible_height(vs: tuple[VertebraFound, ...], anchor: int, chosen: int, from_ribs: bool) -> str | None:
+    """Why the count from ``anchor`` to ``chosen`` cannot be trusted, or None.
+
+    A counted "body" shorter than ``MIN_COUNTED_HEIGHT_MM`` is a body split by a false disc (or a
+    crushed one); one taller than ``MAX_COUNTED_HEIGHT_MM`` is two bodies joined where their disc
+    was missed, so every level counted past it is named one level too high. The tall check takes in
+    a rib anchor too; a sacral anchor is tall by nature.
+    """
+    counted = range(anchor + 1, chosen + 1) if from_ribs else range(chosen, anchor)
+    spanned = range(anchor, chosen + 1) if from_ribs else counted
+    if any(vs[i].superior_seen and vs[i].inferior_seen and vs[i].height_mm < MIN_COUNTED_HEIGHT_MM
+           for i in counted if 0 <= i < len(vs)):
+        return "an implausibly short vertebra lies between the anchor and L3: the count is in doubt"
+    if any(vs[i].height_mm > MAX_COUNTED_HEIGHT_MM for i in spanned if 0 <= i < len(vs)):
+        return ("an implausibly tall vertebra (two bodies, a disc missed) lies between the anchor and L3: "
+                "the count is in doubt")
+    return None
+
+
 def _read_ribs(vs: tuple[VertebraFound, ...]) -> tuple[int | None, str | None]:
     normal = [i for i, v in enumerate(vs) if not v.sacral and v.rib_mm >= NORMAL_RIB_MIN_MM]
     if not normal:
@@ -443,21 +462,9 @@ def _decide(volume: Volume, spine: SpineAnalysis, config: AnalysisConfig) -> L3L
                              rib_z, sac_z)
     if v.sacral:
         return _outside(volume, spine, chosen, method, variant, vertebrae, notes, rib_z, sac_z)
-    counted = range(anchor + 1, chosen + 1) if from_ribs else range(chosen, anchor)
-    if any(vs[i].superior_seen and vs[i].inferior_seen and vs[i].height_mm < MIN_COUNTED_HEIGHT_MM
-           for i in counted if 0 <= i < len(vs)):
-        # A lumbar "body" this short is a body split by a false disc (or a crushed one):
-        # the count through it cannot be trusted.
-        notes.append("an implausibly short vertebra lies between the anchor and L3: the count is in doubt")
-        return _unidentified(method + "; count in doubt", min(confidence, 0.2), variant, vertebrae, notes,
-                             rib_z, sac_z)
-    # A vertebra taller than any lumbar one is two joined where their disc was missed: every
-    # level counted past it is named one level too high. That holds for a rib anchor as well; a sacral
-    # anchor is tall by nature.
-    spanned = range(anchor, chosen + 1) if from_ribs else range(chosen, anchor)
-    if any(vs[i].height_mm > MAX_COUNTED_HEIGHT_MM for i in spanned if 0 <= i < len(vs)):
-        notes.append("an implausibly tall vertebra (two bodies, a disc missed) lies between the anchor and L3: "
-                     "the count is in doubt")
+    doubt = _implausible_height(vs, anchor, chosen, from_ribs)
+    if doubt:
+        notes.append(doubt)
         return _unidentified(method + "; count in doubt", min(confidence, 0.2), variant, vertebrae, notes,
                              rib_z, sac_z)
     z = v.z_inferior_mm
