@@ -48,10 +48,10 @@ from l3node.train import site_dicom
 
 log = get_logger(__name__)
 
-CACHE_VERSION = "v5"
+CACHE_VERSION = "v6"
 """Bumped whenever the phantoms or the sampled slices change (v4: back muscles fattier than the
-other muscles; v5: every bowel loop's wall goes all round its content; v3 was a trial cache,
-never committed)."""
+other muscles; v5: every bowel loop's wall goes all round its content; v6: the bowel and stomach
+walls enhance in the arterial and portal phases; v3 was a trial cache, never committed)."""
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "var" / "train_cache"
 TRAIN_FIRST_SEED = 1000
 VAL_FIRST_SEED = 900000
