@@ -264,6 +264,23 @@ def test_bowel_content_never_touches_muscle():
     assert wall_on_muscle > 100  # loops do lie on muscle at L3, with their wall between
 
 
+def test_bowel_wall_enhances_with_contrast():
+    """The normal small-bowel wall is 118-120 HU in the arterial and 107-111 HU in the portal
+    phase; without contrast it has the muscle's HU. The wall between a loop and the psoas is
+    what tells them apart on contrast CT (before: 40 HU in every phase)."""
+    medians = {}
+    for phase in ("noncontrast", "portal"):
+        p = make_phantom("normal", seed=73, matrix=256, slice_thickness_mm=3.0, scan_range="abdomen_pelvis",
+                         phase=phase)
+        k = p.ground_truth["l3_slice_index"]
+        structures, hu = np.asarray(p.structure_labels[k]), p.volume.hu[k]
+        medians[phase] = [float(np.median(hu[structures == code])) for code in (Structure.BOWEL_WALL, Structure.MUSCLE)]
+    wall, muscle = medians["portal"]
+    assert wall > muscle + 30.0 and wall > 70.0, medians
+    wall, muscle = medians["noncontrast"]
+    assert abs(wall - muscle) < 25.0, medians
+
+
 def test_quadratus_lumborum_abuts_transverse_process_and_back_muscles(phantoms):
     from scipy import ndimage
 
