@@ -334,8 +334,10 @@ def _main_piece(
     itself (a loop behind another loop, in front of the real arch). An enhanced aorta
     lies right in front of the vertebral body and is not affected. When some
     piece is in front, the main piece is the largest of the others centred
-    within an arch's columns; of those, the largest centred within
-    ``VERTEBRA_MIDLINE_MM`` of ``midline_col`` if any is.
+    within an arch's columns or lying in front of an arch (within
+    ``VERTEBRA_GATHER_MM``: the body, even with contrast-filled bowel joined to its
+    side); of those, the largest centred within ``VERTEBRA_MIDLINE_MM`` of
+    ``midline_col`` if any is.
     """
     labels = [int(i) for i in np.nonzero(sizes_mm2 >= VERTEBRA_MIN_MM2)[0]]
     boxes = ndi.find_objects(labelled)
@@ -366,7 +368,10 @@ def _main_piece(
                 arches.add(nearest)
     remaining = [i for i in labels if i not in in_front] or labels
     if arches:
-        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i] <= extent[a][3] for a in arches)]
+        # The body lies right in front of its arch; bowel full of contrast joined to its
+        # side (through an enhancing wall) can pull its centre off the arch's columns.
+        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i] <= extent[a][3] or wholly_behind(a, i)
+                                              for a in arches)]
         remaining = within or remaining
     central = [i for i in remaining if abs(centre_cols[i] - midline_col) * pixel_mm[1] <= VERTEBRA_MIDLINE_MM]
     remaining = central or remaining
