@@ -297,9 +297,9 @@ def test_contrast_bowel_joined_to_the_side_of_the_body_leaves_it_the_vertebra():
     arch = np.zeros(shape, bool)
     arch[118:124, 80:121] = True
     arch[124:150, 97:104] = True
-    body = _ellipse(shape, (95, 100), (15, 20))
+    body = _ellipse(shape, (98, 100), (15, 20))  # 7.5 mm in front of the arch
     hu[body] = 250.0
-    hu[_ellipse(shape, (92, 140), (18, 24)) & ~body] = 300.0  # joined to the body's side
+    hu[_ellipse(shape, (95, 140), (18, 24)) & ~body] = 300.0  # joined to the body's side
     far = _ellipse(shape, (40, 92), (10, 14))  # 100 mm in front of the arch
     hu[far] = 300.0
     hu[arch] = 500.0
@@ -307,7 +307,7 @@ def test_contrast_bowel_joined_to_the_side_of_the_body_leaves_it_the_vertebra():
     assert spine is not None
     assert spine.bone[body].mean() > 0.9, "vertebral body missed"
     assert not spine.bone[far].any()
-    assert abs(spine.front_row - 80) <= 8
+    assert abs(spine.front_row - 83) <= 8
 
 
 def test_muscle_blurred_against_the_vertebra_is_muscle():

@@ -43,6 +43,12 @@ ARCH_MIN_MM2 = 400.0
 ARCH_MIDLINE_MM = 40.0
 """... and centred within this of the middle of the abdomen (a bowel loop with an enhanced
 wall far to the side, behind a small bright piece, is no arch)."""
+BODY_ARCH_GAP_MM = 10.0
+"""A piece this close in front of the arch is the body even when its centre lies beside the
+arch's columns: contrast-filled bowel joined to the body's side through an enhancing wall
+pulled it aside (phantom lumbarization:2001: gap 3.6 mm; the arch alone was taken, both psoas
+lost). A loop 20 mm in front of an arch whose body is below the bone threshold is not
+(phantom normal:36)."""
 VERTEBRA_MIDLINE_MM = 40.0
 """The main piece is taken among those centred within this of the middle of the abdomen when
 there are any: a cluster of oral-contrast loops 60 mm to the side, larger than the vertebral
@@ -334,10 +340,10 @@ def _main_piece(
     itself (a loop behind another loop, in front of the real arch). An enhanced aorta
     lies right in front of the vertebral body and is not affected. When some
     piece is in front, the main piece is the largest of the others centred
-    within an arch's columns or lying in front of an arch (within
-    ``VERTEBRA_GATHER_MM``: the body, even with contrast-filled bowel joined to its
-    side); of those, the largest centred within ``VERTEBRA_MIDLINE_MM`` of
-    ``midline_col`` if any is.
+    within an arch's columns -- or, when only the arch itself is, also those lying
+    within ``BODY_ARCH_GAP_MM`` in front of it (the body, its centre pulled aside by
+    contrast-filled bowel joined to its side); of those, the largest centred within
+    ``VERTEBRA_MIDLINE_MM`` of ``midline_col`` if any is.
     """
     labels = [int(i) for i in np.nonzero(sizes_mm2 >= VERTEBRA_MIN_MM2)[0]]
     boxes = ndi.find_objects(labelled)
@@ -368,14 +374,21 @@ def _main_piece(
                 arches.add(nearest)
     remaining = [i for i in labels if i not in in_front] or labels
     if arches:
-        # The body lies right in front of its arch; bowel full of contrast joined to its
-        # side (through an enhancing wall) can pull its centre off the arch's columns.
-        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i] <= extent[a][3] or wholly_behind(a, i)
-                                              for a in arches)]
+        within = [i for i in remaining if any(extent[a][2] <= centre_cols[i] <= extent[a][3] for a in arches)]
+        if not set(within) - arches:
+            # The body lies right in front of its arch; bowel full of contrast joined to its
+            # side (through an enhancing wall) can pull its centre off the arch's columns.
+            within += [i for i in remaining if i not in within and any(
+                wholly_behind(a, i) and _gap_mm(labelled, i, a, pixel_mm) <= BODY_ARCH_GAP_MM for a in arches)]
         remaining = within or remaining
     central = [i for i in remaining if abs(centre_cols[i] - midline_col) * pixel_mm[1] <= VERTEBRA_MIDLINE_MM]
     remaining = central or remaining
     return max(remaining, key=lambda i: sizes_mm2[i])
+
+
+def _gap_mm(labelled: np.ndarray, i: int, j: int, pixel_mm: tuple[float, float]) -> float:
+    """Shortest distance (mm) between labelled pieces ``i`` and ``j``."""
+    return float(ndi.distance_transform_edt(labelled != i, sampling=pixel_mm)[labelled == j].min())
 
 
 def _body_front(region: np.ndarray, centre: tuple[float, float]) -> float:
