@@ -363,11 +363,12 @@ def _main_piece(
     # contrast-filled loop behind another loop, in front of the real arch).
     near_midline = [j for j in labels if abs(centre_cols[j] - midline_col) * pixel_mm[1] <= ARCH_MIDLINE_MM
                     and not any(wholly_behind(k, j) for k in labels)]
+    gaps_behind: dict[int, dict[int, float]] = {}  # piece -> {arch candidate behind it: gap in mm}
     for i in labels:
         behind = [j for j in near_midline if wholly_behind(j, i)]
         if behind:
             away = ndi.distance_transform_edt(labelled != i, sampling=pixel_mm)
-            gaps = {j: float(away[labelled == j].min()) for j in behind}
+            gaps = gaps_behind[i] = {j: float(away[labelled == j].min()) for j in behind}
             nearest = min(gaps, key=gaps.get)
             if gaps[nearest] > VERTEBRA_GATHER_MM:
                 in_front.add(i)
@@ -379,16 +380,11 @@ def _main_piece(
             # The body lies right in front of its arch; bowel full of contrast joined to its
             # side (through an enhancing wall) can pull its centre off the arch's columns.
             within += [i for i in remaining if i not in within and any(
-                wholly_behind(a, i) and _gap_mm(labelled, i, a, pixel_mm) <= BODY_ARCH_GAP_MM for a in arches)]
+                gaps_behind.get(i, {}).get(a, np.inf) <= BODY_ARCH_GAP_MM for a in arches)]
         remaining = within or remaining
     central = [i for i in remaining if abs(centre_cols[i] - midline_col) * pixel_mm[1] <= VERTEBRA_MIDLINE_MM]
     remaining = central or remaining
     return max(remaining, key=lambda i: sizes_mm2[i])
-
-
-def _gap_mm(labelled: np.ndarray, i: int, j: int, pixel_mm: tuple[float, float]) -> float:
-    """Shortest distance (mm) between labelled pieces ``i`` and ``j``."""
-    return float(ndi.distance_transform_edt(labelled != i, sampling=pixel_mm)[labelled == j].min())
 
 
 def _body_front(region: np.ndarray, centre: tuple[float, float]) -> float:
