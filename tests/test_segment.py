@@ -750,17 +750,23 @@ def test_fatty_wall_darker_than_the_back_muscles_is_kept():
     assert dice(labels == Tissue.SKELETAL_MUSCLE, truth == Tissue.SKELETAL_MUSCLE) > 0.95
 
 
-def test_bowel_touching_one_side_of_the_body_does_not_widen_it():
-    # Oral-contrast bowel against one side of the vertebral body joins its bone mask; the
+def test_bowel_touching_one_side_of_the_body_is_not_vertebra_and_does_not_widen_it():
+    # Oral-contrast bowel against one side of the vertebral body joins its bone pieces; the
     # body's half width, which says where psoas may lie in front of the vertebra's middle,
-    # stays the body's own (phantom seed 107: both psoas lost, -11.6 cm^2).
+    # stays the body's own (phantom seed 107: both psoas lost, -11.6 cm^2), and what lies
+    # beyond it in the body's rows is not vertebra (before: the loop was, and psoas closed
+    # in between such bowel and the body went with it).
     hu, parts = _spine_with_contrast_bowel("body")
     hu[parts["bowel"]] = 40.0
     loop = _ellipse(hu.shape, (86, 127), (9, 9)) & ~parts["front"]
     hu[loop] = 300.0
     spine = find_vertebra(hu, hu >= 150.0, (1.5, 1.5))
-    assert spine is not None and spine.bone[loop].mean() > 0.5  # the loop joins the bone mask
+    assert spine is not None
     assert 15.0 <= spine.body_half_width_px <= 21.0, spine.body_half_width_px
+    beyond = loop & (np.abs(np.arange(hu.shape[1]) - spine.centre[1]) > spine.body_half_width_px + 4)[None, :]
+    assert beyond.sum() >= 100
+    assert spine.bone[beyond].mean() < 0.1, spine.bone[beyond].mean()
+    assert spine.bone[parts["front"]].mean() > 0.9, "vertebral body lost"
 
 
 def test_muscle_blurred_deep_into_the_vertebra_mask_on_fine_pixels_is_muscle():
@@ -845,7 +851,8 @@ def test_vertebral_body_front_is_not_the_enhanced_vessels_pressed_on_it():
     hu[aorta | ivc] = 170.0
     spine = find_vertebra(hu, hu >= 150, (1.5, 1.5))
     assert spine is not None
-    assert spine.bone[aorta].mean() > 0.9 and spine.bone[ivc].mean() > 0.9, "vessels not in the vertebra's mask"
+    # Most of each joins the mask (what lies beside the body is trimmed off).
+    assert spine.bone[aorta].mean() > 0.8 and spine.bone[ivc].mean() > 0.8, "vessels not in the vertebra's mask"
     body_front = np.nonzero(body.any(axis=1))[0].min()
     assert abs(spine.front_row - body_front) <= 3, (spine.front_row, body_front)
 
@@ -936,7 +943,9 @@ def test_body_box_gives_the_labels_of_the_whole_slice(drawn):
                                           scan_range="abdomen_pelvis")
     k = phantom.ground_truth["l3_slice_index"]
     pixel = (phantom.volume.spacing_mm[1], phantom.volume.spacing_mm[2])
-    cases = [(np.asarray(phantom.volume.hu[k], np.float64), pixel), (drawn[0], (PIXEL_MM, PIXEL_MM))]
+    # float32, as segment_slice reads every slice (float64 means differ in the last bits and
+    # may flip a pixel at a threshold).
+    cases = [(np.asarray(phantom.volume.hu[k], np.float32), pixel), (drawn[0].astype(np.float32), (PIXEL_MM, PIXEL_MM))]
     for hu, spacing in cases:
         body = body_mask(hu, spacing)
         box = body_box(body, spacing)

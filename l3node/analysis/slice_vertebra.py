@@ -83,6 +83,11 @@ CORTEX_BLUR_MM = 2.0
 """Muscle this close to the cortex is blurred by it into the vertebra's mask: muscle-range
 pixels of the mask this deep (or one pixel), near cortex, that touch muscle are muscle
 (phantoms, 0.6-1.5 mm pixels: 1.2 cm^2 of muscle per L3 slice was inside the mask)."""
+BODY_SIDE_MARGIN_MM = 6.0
+"""In the front ``BODY_DEPTH_MIN_MM`` of the vertebra, what lies further than this beyond the
+body's half width is not vertebra: contrast-filled bowel joined to the body's side, and the
+psoas the closings then enclosed with it (phantoms: 11 of 104 slices changed, muscle CSA
+error 1.65 -> 1.62 %)."""
 SPINE_FAT_MM = 5.0
 """Fat behind the middle of the vertebra and this close to it is not visceral."""
 
@@ -115,7 +120,8 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     bowel can be larger) and the pieces in line with it; dense tissue touching
     them (cancellous bone and disc, judged on a smoothed image); a disc seen apart
     from its arch; and what closings of the arch enclose or what lies between body
-    and arch near the midline (the canal).
+    and arch near the midline (the canal); less what lies beside the vertebral body
+    (:func:`_trim_beside_body`).
 
     Parameters
     ----------
@@ -169,8 +175,29 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     body_half_width = _body_half_width(region, front, centre)
     if body_half_width is None:
         body_half_width = half_width
+    else:
+        region = _trim_beside_body(region, vertebra, front, centre[1], body_half_width, pixel_mm)
+        half_width = float(np.percentile(np.abs(np.nonzero(region)[1] - centre[1]), 90))
     rim &= region & ~ndi.binary_erosion(region)
     return SpinePlane(region, centre, front, half_width, body_half_width, rim)
+
+
+def _trim_beside_body(region: np.ndarray, vertebra: np.ndarray, front: float, centre_col: float,
+                      body_half_width: float, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """``region`` without what lies beside the vertebral body (see ``BODY_SIDE_MARGIN_MM``).
+
+    Only the rows of the body's front ``BODY_DEPTH_MIN_MM`` are trimmed: the transverse
+    processes lie further back. What the trim cuts off from the vertebra's bone goes too;
+    the region is returned unchanged when nothing of that bone would be left.
+    """
+    rows, cols = np.indices(region.shape)
+    beside = (rows < front + BODY_DEPTH_MIN_MM / pixel_mm[0]) & (
+        np.abs(cols - centre_col) * pixel_mm[1] > body_half_width * pixel_mm[1] + BODY_SIDE_MARGIN_MM)
+    trimmed = region & ~beside
+    if trimmed.sum() == region.sum() or not (trimmed & vertebra).any():
+        return region
+    labelled, _ = ndi.label(trimmed)
+    return np.isin(labelled, np.unique(labelled[trimmed & vertebra]))
 
 
 def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distance: np.ndarray, max_hu: float,
