@@ -676,6 +676,30 @@ def test_noisy_slice_keeps_its_muscle():
     assert lost <= 0.025, lost
 
 
+def test_thin_outer_wall_layer_on_a_noisy_slice_is_muscle():
+    """A 3 mm external oblique outside a 1.5 mm fat plane, at 40 HU of grainy noise (a sharp
+    kernel's, correlated over a pixel or so): noise splits the layer into runs shorter than a
+    septum, and the fascia found on the slice itself fell through it over arcs (phantom
+    normal:70: 4 % of the muscle lost as neither muscle nor SAT). The smoothed slice's
+    fascia keeps it. Measured: 0.93-0.95 of the layer kept (seeds 1-3), before 0.81-0.83."""
+    hu, truth = _drawn_slice()
+    centre, front = (115, 150), np.arange(hu.shape[0])[:, None] < 115
+    plane = _ellipse(hu.shape, centre, (78, 108)) & ~_ellipse(hu.shape, centre, (77, 107)) & front
+    hu[plane] = -100.0
+    truth[plane] = Tissue.IMAT
+    layer = _ellipse(hu.shape, centre, (80, 110)) & ~_ellipse(hu.shape, centre, (78, 108)) & front
+    hu, truth, layer = (np.repeat(np.repeat(a, 2, axis=0), 2, axis=1) for a in (hu, truth, layer))
+    grain = ndi.gaussian_filter(np.random.default_rng(1).normal(0.0, 1.0, hu.shape), 0.6)
+    noisy = np.where(hu > -500, hu + NOISE_SD_HU * grain / grain.std(), hu).astype(np.float32)
+    config = AnalysisConfig()
+    muscle_range = (noisy >= config.muscle_hu.min) & (noisy <= config.muscle_hu.max)
+    muscle = np.isin(truth, (Tissue.SKELETAL_MUSCLE, Tissue.IMAT)) & muscle_range
+    labels = segment_slice(noisy, (FINE_MM, FINE_MM))
+    kept = (labels[layer & muscle] == Tissue.SKELETAL_MUSCLE).mean()
+    assert kept >= 0.88, kept
+    assert dice(labels == Tissue.SKELETAL_MUSCLE, muscle) >= 0.97
+
+
 def test_noise_in_bowel_content_is_not_visceral_fat():
     """Fat-range noise pixels inside a fluid-filled loop (15 HU) are bowel, not VAT."""
     hu, truth = _drawn_slice()

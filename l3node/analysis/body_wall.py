@@ -18,7 +18,7 @@ from l3node.config import AnalysisConfig
 
 __all__ = [
     "BONE", "FAT", "GAS", "MUSCLE", "ORGAN", "OTHER", "PARASPINAL_HALF_WIDTH_MM",
-    "PolarGrid", "WallRays", "classify", "fascia_radii", "per_ray_mean", "smooth_radii", "walk_walls",
+    "PolarGrid", "WallRays", "classify", "fascia_radii", "per_ray_mean", "skin_radii", "smooth_radii", "walk_walls",
     "wall_thickness",
 ]
 
@@ -176,6 +176,13 @@ def fascia_radii(classes: np.ndarray, body: np.ndarray, grid: PolarGrid) -> np.n
         else:
             fascia_r[i] = grid.radii[_run_until(cls, fat_start, keep={FAT}, allowed_gap=septum)]
     return fascia_r
+
+
+def skin_radii(body: np.ndarray, grid: PolarGrid) -> np.ndarray:
+    """Per ray, the radius (mm) of its last sample inside ``body`` (0 for a ray that has none)."""
+    inside = grid.sample(body.astype(np.uint8)).astype(bool)
+    last = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
+    return np.where(inside.any(axis=1), grid.radii[last], 0.0)
 
 
 def walk_walls(classes: np.ndarray, fascia_r: np.ndarray, grid: PolarGrid) -> WallRays:

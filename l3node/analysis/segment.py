@@ -17,11 +17,13 @@ lives in the module named. The steps of :func:`segment_slice`:
    labels as on the whole slice, at a third of the time.
 2. Fascia (:func:`~l3node.analysis.body_wall.fascia_radii`) -- rays from the body
    centre, sampled every half pixel. Walking inward from the skin, the
-   subcutaneous fat ends at the first soft-tissue run thicker than a septum.
-   Radii that leave their angular neighbours' median are replaced by it.
+   subcutaneous fat ends at the first soft-tissue run thicker than a septum;
+   on a smoothed (noisy) slice, the smoothed slice's fascia where it lies further
+   out, short of the skin (noise breaks a thin external oblique into septum-short
+   runs). Radii that leave their angular neighbours' median are replaced by it.
    Everything inside is "inside".
 3. Vertebra (:func:`~l3node.analysis.slice_vertebra.find_vertebra`) -- bone pieces
-   (never contrast-filled bowel in front of the neural arch),
+   (never contrast-filled bowel in front of the neural arch, nor beside the body),
    cancellous bone and disc, and the spinal canal (enclosed by the arch, or between
    body and arch near the midline).
 4. Organs and fluid (:func:`~l3node.analysis.compartments.organs_and_fluid`) --
@@ -87,6 +89,7 @@ from l3node.analysis.body_wall import (
     classify,
     fascia_radii,
     per_ray_mean,
+    skin_radii,
     smooth_radii,
     walk_walls,
     wall_thickness,
@@ -119,6 +122,9 @@ BOX_MARGIN_MM = 15.0
 the widest filter (5 mm means, a 1.5-pixel Gaussian) then sees the same pixels as on the
 whole slice, so the labels are the same, at about a third of the time on a 512 x 512 slice."""
 BOX_MARGIN_PX = 8
+FASCIA_SKIN_GAP_MM = 3.0
+"""A fascia found on the smoothed slice this close to the skin is not used: smoothed, a
+table or mattress touching the skin looks like a muscle layer there (dev seed 155)."""
 
 
 def segment_slice(hu: np.ndarray, pixel_mm: tuple[float, float], config: AnalysisConfig | None = None) -> np.ndarray:
@@ -194,7 +200,15 @@ def _segment_body(hu: np.ndarray, body: np.ndarray, pixel_mm: tuple[float, float
     # skin put the fascia at the skin over an arc (dev seed 155: 7 cm^2 of SAT as VAT).
     ghu = geometry_hu(hu, body, (dy, dx))
     geometry = PolarGrid(body, (dy, dx))
-    fascia_r = smooth_radii(fascia_radii(classify(hu, body, config), body, geometry), geometry.step_deg)
+    fascia_r = fascia_radii(classify(hu, body, config), body, geometry)
+    if ghu is not hu:
+        # On a noisy slice a thin outer muscle layer (external oblique, 2-4 mm) falls apart
+        # into runs shorter than a septum and the walk crosses it; the smoothed slice keeps
+        # it whole. Its fascia is taken where it lies further out -- but not at the skin.
+        smooth_r = fascia_radii(classify(ghu, body, config), body, geometry)
+        further_out = (smooth_r > fascia_r) & (smooth_r < skin_radii(body, geometry) - FASCIA_SKIN_GAP_MM)
+        fascia_r = np.where(further_out, smooth_r, fascia_r)
+    fascia_r = smooth_radii(fascia_r, geometry.step_deg)
     classes = classify(ghu, body, config)
     fascia_at = geometry.at_angle(fascia_r)
     inside = body & (geometry.rho < fascia_at)
