@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["fill_holes", "region_max", "region_median", "region_min"]
+__all__ = ["fill_holes", "fill_small_holes", "region_max", "region_median", "region_min"]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -39,6 +39,31 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         outside[edge] = True
     outside[0] = False
     return ~outside[background]
+
+
+def fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
+    """``mask`` with its holes of at most ``max_pixels`` pixels filled (4-connected background;
+    a region touching the image border is no hole).
+
+    Parameters
+    ----------
+    mask:
+        2D boolean mask.
+    max_pixels:
+        Largest hole filled.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of the same shape.
+    """
+    mask = np.asarray(mask, bool)
+    background, _ = ndi.label(~mask)
+    small = np.bincount(background.ravel()) <= max_pixels
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        small[edge] = False
+    small[0] = False
+    return mask | small[background]
 
 
 def _labelled(values: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
