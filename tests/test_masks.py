@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from l3node.analysis.masks import fill_holes, fill_small_holes, region_max, region_median, region_min
+from l3node.analysis.masks import fill_holes, region_max, region_median, region_min
 
 
 def _label_maps(seed: int):
@@ -55,7 +55,7 @@ def test_fill_holes_equals_scipy():
     assert fill_holes(~ring).all()  # the ring itself is the hole of its complement
 
 
-def test_fill_small_holes_fills_only_holes_up_to_the_size():
+def test_fill_holes_up_to_a_size_fills_only_those():
     rng = np.random.default_rng(2)
     for _ in range(200):
         shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
@@ -65,9 +65,9 @@ def test_fill_small_holes_fills_only_holes_up_to_the_size():
         holes, n = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
         sizes = np.bincount(holes.ravel(), minlength=n + 1)
         expected = mask | ((holes > 0) & (sizes[holes] <= limit))
-        assert np.array_equal(fill_small_holes(mask, limit), expected)
+        assert np.array_equal(fill_holes(mask, limit), expected)
     ring = np.ones((9, 9), bool)
     ring[2, 2] = False  # a one-pixel hole
     ring[5:7, 5:7] = False  # a four-pixel hole
-    assert fill_small_holes(ring, 1).sum() == 81 - 4
-    assert fill_small_holes(ring, 4).all()
+    assert fill_holes(ring, 1).sum() == 81 - 4
+    assert fill_holes(ring, 4).all()

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from l3node.analysis.body_wall import MUSCLE, PARASPINAL_HALF_WIDTH_MM
-from l3node.analysis.masks import fill_small_holes, region_max, region_median
+from l3node.analysis.masks import fill_holes, region_max, region_median
 from l3node.analysis.slice_vertebra import SpinePlane
 from l3node.analysis.split_bodies import split_at_necks
 
@@ -349,7 +349,7 @@ def muscle_compartments(
     # Single pixels that noise put out of the muscle range (sharp kernel, fine pixels) are
     # holes the opening would widen until the psoas falls apart into pieces that touch
     # nothing: filled for the opening only.
-    solid = fill_small_holes(candidates, max(1, int(NOISE_HOLE_MM2 / (pixel_mm[0] * pixel_mm[1]))))
+    solid = fill_holes(candidates, max(1, int(NOISE_HOLE_MM2 / (pixel_mm[0] * pixel_mm[1]))))
     opened = ndi.binary_opening(solid, iterations=max(1, int(round(2.0 / min(pixel_mm))))) & candidates
     labelled, n = ndi.label(opened)
     if n == 0:

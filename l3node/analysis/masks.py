@@ -15,42 +15,20 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["fill_holes", "fill_small_holes", "region_max", "region_median", "region_min"]
+__all__ = ["fill_holes", "region_max", "region_median", "region_min"]
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
     """``mask`` with every background region that does not reach the image border filled
-    (4-connected background, as ``scipy.ndimage.binary_fill_holes`` with its default structure).
-
-    Parameters
-    ----------
-    mask:
-        2D boolean mask.
-
-    Returns
-    -------
-    numpy.ndarray
-        Boolean mask of the same shape.
-    """
-    mask = np.asarray(mask, bool)
-    background, _ = ndi.label(~mask)
-    outside = np.zeros(background.max() + 1, bool)
-    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
-        outside[edge] = True
-    outside[0] = False
-    return ~outside[background]
-
-
-def fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
-    """``mask`` with its holes of at most ``max_pixels`` pixels filled (4-connected background;
-    a region touching the image border is no hole).
+    (4-connected background, as ``scipy.ndimage.binary_fill_holes`` with its default structure),
+    or only those of at most ``max_pixels`` pixels.
 
     Parameters
     ----------
     mask:
         2D boolean mask.
     max_pixels:
-        Largest hole filled.
+        Largest hole filled; None fills every hole.
 
     Returns
     -------
@@ -58,12 +36,21 @@ def fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
         Boolean mask of the same shape.
     """
     mask = np.asarray(mask, bool)
-    background, _ = ndi.label(~mask)
-    small = np.bincount(background.ravel()) <= max_pixels
+    background, is_hole = _background_regions(mask)
+    if max_pixels is not None:
+        is_hole &= np.bincount(background.ravel(), minlength=len(is_hole)) <= max_pixels
+    return mask | is_hole[background]
+
+
+def _background_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-connected background regions of ``mask`` (0 on the mask) and, per label, whether
+    the region is a hole (does not reach the image border; label 0 is none)."""
+    background, n = ndi.label(~mask)
+    is_hole = np.ones(n + 1, bool)
     for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
-        small[edge] = False
-    small[0] = False
-    return mask | small[background]
+        is_hole[edge] = False
+    is_hole[0] = False
+    return background, is_hole
 
 
 def _labelled(values: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
