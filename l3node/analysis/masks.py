@@ -36,21 +36,14 @@ def fill_holes(mask: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
         Boolean mask of the same shape.
     """
     mask = np.asarray(mask, bool)
-    background, is_hole = _background_regions(mask)
-    if max_pixels is not None:
-        is_hole &= np.bincount(background.ravel(), minlength=len(is_hole)) <= max_pixels
-    return mask | is_hole[background]
-
-
-def _background_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 4-connected background regions of ``mask`` (0 on the mask) and, per label, whether
-    the region is a hole (does not reach the image border; label 0 is none)."""
     background, n = ndi.label(~mask)
     is_hole = np.ones(n + 1, bool)
     for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
-        is_hole[edge] = False
+        is_hole[edge] = False  # background reaching the border is outside, not a hole
     is_hole[0] = False
-    return background, is_hole
+    if max_pixels is not None:
+        is_hole &= np.bincount(background.ravel(), minlength=n + 1) <= max_pixels
+    return mask | is_hole[background]
 
 
 def _labelled(values: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

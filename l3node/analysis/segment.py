@@ -200,16 +200,16 @@ def _segment_body(hu: np.ndarray, body: np.ndarray, pixel_mm: tuple[float, float
     # skin put the fascia at the skin over an arc (dev seed 155: 7 cm^2 of SAT as VAT).
     ghu = geometry_hu(hu, body, (dy, dx))
     geometry = PolarGrid(body, (dy, dx))
+    classes = classify(ghu, body, config)
     fascia_r = fascia_radii(classify(hu, body, config), body, geometry)
-    if ghu is not hu:
+    if ghu is not hu:  # smoothed (geometry_hu returns the slice itself when it is quiet)
         # On a noisy slice a thin outer muscle layer (external oblique, 2-4 mm) falls apart
         # into runs shorter than a septum and the walk crosses it; the smoothed slice keeps
         # it whole. Its fascia is taken where it lies further out -- but not at the skin.
-        smooth_r = fascia_radii(classify(ghu, body, config), body, geometry)
+        smooth_r = fascia_radii(classes, body, geometry)
         further_out = (smooth_r > fascia_r) & (smooth_r < skin_radii(body, geometry) - FASCIA_SKIN_GAP_MM)
         fascia_r = np.where(further_out, smooth_r, fascia_r)
     fascia_r = smooth_radii(fascia_r, geometry.step_deg)
-    classes = classify(ghu, body, config)
     fascia_at = geometry.at_angle(fascia_r)
     inside = body & (geometry.rho < fascia_at)
     bone = (ghu >= max(BONE_HU, config.muscle_hu.max)) & body

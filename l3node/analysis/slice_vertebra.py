@@ -174,13 +174,12 @@ def find_vertebra(hu: np.ndarray, bone: np.ndarray, pixel_mm: tuple[float, float
     vr, vc = np.nonzero(region)
     centre = (float(np.median(vr)), float(np.median(vc)))
     front = _body_front(region, centre)
-    half_width = float(np.percentile(np.abs(vc - centre[1]), 90))
     body_half_width = _body_half_width(region, front, centre)
+    if body_half_width is not None:
+        region = _trim_beside_body(region, vertebra, front, centre[1], body_half_width, pixel_mm)
+    half_width = float(np.percentile(np.abs(np.nonzero(region)[1] - centre[1]), 90))
     if body_half_width is None:
         body_half_width = half_width
-    else:
-        region = _trim_beside_body(region, vertebra, front, centre[1], body_half_width, pixel_mm)
-        half_width = float(np.percentile(np.abs(np.nonzero(region)[1] - centre[1]), 90))
     rim &= region & ~ndi.binary_erosion(region)
     return SpinePlane(region, centre, front, half_width, body_half_width, rim)
 
@@ -193,9 +192,10 @@ def _trim_beside_body(region: np.ndarray, vertebra: np.ndarray, front: float, ce
     processes lie further back. What the trim cuts off from the vertebra's bone goes too;
     the region is returned unchanged when nothing of that bone would be left.
     """
-    rows, cols = np.indices(region.shape)
-    beside = (rows < front + BODY_DEPTH_MIN_MM / pixel_mm[0]) & (
-        np.abs(cols - centre_col) * pixel_mm[1] > body_half_width * pixel_mm[1] + BODY_SIDE_MARGIN_MM)
+    rows = np.arange(region.shape[0])[:, None] < front + BODY_DEPTH_MIN_MM / pixel_mm[0]
+    cols = np.abs(np.arange(region.shape[1]) - centre_col)[None, :] * pixel_mm[1] > (
+        body_half_width * pixel_mm[1] + BODY_SIDE_MARGIN_MM)
+    beside = rows & cols
     trimmed = region & ~beside
     if trimmed.sum() == region.sum() or not (trimmed & vertebra).any():
         return region
