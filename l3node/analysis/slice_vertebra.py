@@ -227,9 +227,11 @@ def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distan
         disc_like &= ~vertebra
     holes, m = ndi.label(fill_holes(disc_like) & ~disc_like)
     if m:
-        index = np.arange(1, m + 1)
-        nucleus = (ndi.minimum(smooth, holes, index) >= DISC_NUCLEUS_HU) & (ndi.maximum(smooth, holes, index) <= max_hu)
-        disc_like |= np.concatenate([[False], nucleus])[holes]
+        # A hole with any pixel outside the nucleus' range is not nucleus.
+        outside = (holes > 0) & ((smooth < DISC_NUCLEUS_HU) | (smooth > max_hu))
+        nucleus = np.bincount(holes[outside], minlength=m + 1) == 0
+        nucleus[0] = False
+        disc_like |= nucleus[holes]
     labels, n = ndi.label(disc_like)
     if n == 0:
         return disc_like
