@@ -159,14 +159,11 @@ def fascia_radii(classes: np.ndarray, body: np.ndarray, grid: PolarGrid) -> np.n
         One radius per ray of ``grid``.
     """
     sampled = grid.sample(classes)
-    inside = grid.sample(body.astype(np.uint8)).astype(bool)
     septum = int(np.ceil(max(SEPTUM_MM, 1.2 * max(grid.pixel_mm)) / grid.step_mm))
     fascia_r = np.zeros(len(grid.angles))
-    for i, cls in enumerate(sampled):
-        where_body = np.nonzero(inside[i])[0]
-        if len(where_body) == 0:
+    for i, (cls, j) in enumerate(zip(sampled, _skin_samples(body, grid))):
+        if j < 0:
             continue
-        j = where_body[-1]
         # Skin: soft tissue at the surface, up to the first fat sample.
         fat_start = j
         while fat_start > 0 and cls[fat_start] != FAT and j - fat_start < septum * 3:
@@ -180,9 +177,15 @@ def fascia_radii(classes: np.ndarray, body: np.ndarray, grid: PolarGrid) -> np.n
 
 def skin_radii(body: np.ndarray, grid: PolarGrid) -> np.ndarray:
     """Per ray, the radius (mm) of its last sample inside ``body`` (0 for a ray that has none)."""
+    last = _skin_samples(body, grid)
+    return np.where(last >= 0, grid.radii[np.maximum(last, 0)], 0.0)
+
+
+def _skin_samples(body: np.ndarray, grid: PolarGrid) -> np.ndarray:
+    """Per ray, the index of its last sample inside ``body`` (-1 for a ray that has none)."""
     inside = grid.sample(body.astype(np.uint8)).astype(bool)
     last = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
-    return np.where(inside.any(axis=1), grid.radii[last], 0.0)
+    return np.where(inside.any(axis=1), last, -1)
 
 
 def walk_walls(classes: np.ndarray, fascia_r: np.ndarray, grid: PolarGrid) -> WallRays:

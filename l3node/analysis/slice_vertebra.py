@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from l3node.analysis.masks import fill_holes, region_median, region_min
+from l3node.analysis.masks import fill_holes, region_max, region_median, region_min
 
 __all__ = ["BONE_HU", "CORTEX_BLUR_MM", "SpinePlane", "around_spine", "find_vertebra"]
 
@@ -229,8 +229,7 @@ def _disc_blobs(smooth: np.ndarray, hu: np.ndarray, vertebra: np.ndarray, distan
     if m:
         # Nucleus, or single pixels noise put under the dense-pixel limit: a hole whose median
         # is at least DISC_NUCLEUS_HU, with no pixel brighter than a disc.
-        brighter = np.bincount(holes[(holes > 0) & (smooth > max_hu)], minlength=m + 1)[1:] > 0
-        nucleus = (region_median(smooth, holes, m) >= DISC_NUCLEUS_HU) & ~brighter
+        nucleus = (region_median(smooth, holes, m) >= DISC_NUCLEUS_HU) & (region_max(smooth, holes, m) <= max_hu)
         disc_like |= np.concatenate([[False], nucleus])[holes]
     labels, n = ndi.label(disc_like)
     if n == 0:
