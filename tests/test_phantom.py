@@ -195,7 +195,8 @@ def test_fat_around_the_spine_is_not_visceral(phantoms):
         vat = st == Structure.VAT
         labelled, n = ndimage.label(vat, structure=np.ones((3, 3)))
         closed = np.isin(st, (Structure.MUSCLE, Structure.BACK_MUSCLE, Structure.IMAT, Structure.CORTICAL, Structure.CANCELLOUS,
-                              Structure.THIN_CORTEX, Structure.SLAB_BONE, Structure.DISC))
+                              Structure.THIN_CORTEX, Structure.SLAB_BONE, Structure.DISC,
+                              Structure.DISC_NUCLEUS))
         for i in range(1, n + 1):
             ring = ndimage.binary_dilation(labelled == i, structure=np.ones((3, 3))) & ~(labelled == i)
             assert not (closed[ring].all() and (labelled == i).sum() * p.volume.pixel_area_mm2 <= 500.0), variant
@@ -279,6 +280,28 @@ def test_bowel_wall_enhances_with_contrast():
     assert wall > muscle + 30.0 and wall > 70.0, medians
     wall, muscle = medians["noncontrast"]
     assert abs(wall - muscle) < 25.0, medians
+
+
+def test_disc_nucleus_option_paints_a_darker_core_inside_the_disc():
+    """``disc_nucleus=True`` gives every disc a nucleus darker than its annulus, inside the
+    disc; without it the discs are uniform and the phantom is the same as before the option."""
+    from scipy import ndimage
+
+    plain = make_phantom("normal", seed=7, matrix=128, slice_thickness_mm=3.0, scan_range="abdomen_pelvis")
+    p = make_phantom("normal", seed=7, matrix=128, slice_thickness_mm=3.0, scan_range="abdomen_pelvis",
+                     disc_nucleus=True)
+    structures = np.asarray(p.structure_labels)
+    nucleus, annulus = structures == Structure.DISC_NUCLEUS, structures == Structure.DISC
+    assert not (np.asarray(plain.structure_labels) == Structure.DISC_NUCLEUS).any()
+    assert plain.ground_truth["disc_nucleus"] is False and p.ground_truth["disc_nucleus"] is True
+    assert nucleus.sum() > 50
+    # Inside the disc (TotalSegmentator's body/disc map marks it as disc), darker than the annulus.
+    assert (np.asarray(p.body_disc_labels)[nucleus] == 2).all()
+    hu = np.asarray(p.volume.hu)
+    assert np.median(hu[annulus]) - np.median(hu[nucleus]) > 10.0
+    # Elsewhere (beyond the blur's reach) the volume is the plain phantom's, noise included.
+    far = ~ndimage.binary_dilation(nucleus, iterations=3)
+    assert np.array_equal(np.asarray(plain.volume.hu)[far], hu[far])
 
 
 def test_quadratus_lumborum_abuts_transverse_process_and_back_muscles(phantoms):

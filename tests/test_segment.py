@@ -299,26 +299,27 @@ def test_disc_split_by_noise_pixels_is_part_of_the_vertebra():
     assert abs(spine.front_row - disc_front) <= 3, (spine.front_row, disc_front)
 
 
-def test_phantom_disc_with_a_darker_nucleus_keeps_the_psoas():
-    """Phantom discs are uniform (85 HU); a real disc's nucleus is darker than its annulus.
-    The L3 slice of ``normal:21`` lies in the L3/L4 disc: with the inner 60 % of the disc
-    made 25 HU darker, the disc was missed and 18.6 % of the muscle with it (62 development
-    slices with a disc, made the same way: muscle CSA error 1.67 -> 2.95 %, six slices
-    -14 to -19 %). Now the slice loses no more than it does with a uniform disc."""
+def test_phantom_disc_nucleus_keeps_the_psoas():
+    """A real disc's nucleus is darker than its annulus (real CT: 60-68 against 70-90 HU once
+    smoothed) and the phantom paints it so when asked. The L3 slice of ``normal:21`` lies in the L3/L4
+    disc: before the nucleus rule the disc was missed there and the psoas beside it with it
+    (3.9 % of the true muscle less than with a uniform disc; 18.6 % with a nucleus 25 HU
+    darker over the inner 60 % of the disc). The slice's muscle must not depend on the
+    nucleus: raised to the annulus's mean HU, the muscle area stays within 1 %."""
     phantom_module = pytest.importorskip("l3node.phantom")
     from l3node.phantom.materials import Structure
 
-    phantom = phantom_module.make_phantom("normal", seed=21, scan_range="abdomen_pelvis")
+    phantom = phantom_module.make_phantom("normal", seed=21, scan_range="abdomen_pelvis", disc_nucleus=True)
     k = int(phantom.ground_truth["l3_slice_index"])
     hu = np.array(phantom.volume.hu[k], np.float32)
-    disc = np.asarray(phantom.structure_labels[k]) == Structure.DISC
-    assert disc.sum() > 500, "the slice no longer lies in the disc"
+    structures = np.asarray(phantom.structure_labels[k])
+    nucleus, annulus = structures == Structure.DISC_NUCLEUS, structures == Structure.DISC
+    assert nucleus.sum() > 300, "the slice no longer lies in the disc"
     truth = np.asarray(phantom.tissue_labels[k]) == Tissue.SKELETAL_MUSCLE
     pixel_mm = (phantom.volume.spacing_mm[1], phantom.volume.spacing_mm[2])
-    depth = ndi.distance_transform_edt(disc)
-    darker = hu.copy()
-    darker[depth >= 0.4 * depth.max()] -= 25.0
-    areas = [(segment_slice(x, pixel_mm) == Tissue.SKELETAL_MUSCLE).sum() for x in (hu, darker)]
+    uniform = hu.copy()
+    uniform[nucleus] += np.median(hu[annulus]) - np.median(hu[nucleus])
+    areas = [(segment_slice(x, pixel_mm) == Tissue.SKELETAL_MUSCLE).sum() for x in (hu, uniform)]
     assert abs(areas[1] - areas[0]) <= 0.01 * truth.sum(), (areas, truth.sum())
 
 

@@ -140,13 +140,15 @@ def canal_geometry(v: VertebraGeometry) -> tuple[float, float, float]:
 
 
 def paint_vertebra(canvas: SliceCanvas, v: VertebraGeometry, below: VertebraGeometry | None, z: float,
-                   y_centre_mm: float | None = None, regions: np.ndarray | None = None) -> None:
+                   y_centre_mm: float | None = None, regions: np.ndarray | None = None,
+                   nucleus: bool = False) -> None:
     """Paint the parts of vertebra ``v`` (and the disc under it) that slice ``z`` cuts.
 
     ``y_centre_mm`` (the spine curve at ``z``) moves the vertebra along the lordosis; it
     defaults to the vertebra's own centre. ``regions`` (same shape as the canvas), if given,
     receives 1 on the vertebral body and 2 on the disc, as TotalSegmentator's
-    ``vertebral_bodies_and_discs``.
+    ``vertebral_bodies_and_discs``. ``nucleus`` paints the disc's inner part as
+    :attr:`~l3node.phantom.materials.Structure.DISC_NUCLEUS` (darker than the annulus).
     """
     if v.spec.kind == "sacrum":
         paint_sacrum(canvas, v, z, regions)
@@ -170,7 +172,8 @@ def paint_vertebra(canvas: SliceCanvas, v: VertebraGeometry, below: VertebraGeom
         b = (v.half_depth_mm + ref.half_depth_mm) / 2 + 1.0
         y = v.y_centre_mm
         canvas.ellipse(int(Structure.DISC), 0.0, y, a, b)
-        canvas.ellipse(int(Structure.DISC), 0.0, y, a * 0.6, b * 0.6)
+        if nucleus:  # the nucleus pulposus: the disc's inner part, a little behind its centre
+            canvas.ellipse(int(Structure.DISC_NUCLEUS), 0.0, y + 0.1 * b, a * 0.6, b * 0.6)
         _mark(regions, canvas, 2, y, a, b)
     pedicle_x = a_c + 3.5
     if 0.3 <= t <= 0.95:

@@ -102,6 +102,8 @@ def make_phantom(variant: str = "normal", seed: int = 0, **options: Any) -> Phan
         (``noncontrast``, ``arterial``, ``portal``), ``arms`` (``down``, ``up``, ``none``),
         ``metal`` (hip prosthesis), ``gantry_tilt_deg`` (DICOM export only), ``oral_contrast``,
         ``kvp``. Patient: ``sex``, ``height_m``, ``bmi``, ``age_years``, ``muscle_factor``.
+        Anatomy: ``disc_nucleus`` (default False): every disc gets a nucleus darker than its
+        annulus, as real discs have (see ``docs/phantom_note.md`` for why it is not the default).
 
     Returns
     -------
@@ -121,6 +123,7 @@ def make_phantom(variant: str = "normal", seed: int = 0, **options: Any) -> Phan
     seeds = np.random.SeedSequence(seed).spawn(4)
     rng_anat, rng_acq, rng_fields, rng_range = (np.random.default_rng(s) for s in seeds)
     patient_opts = {k: options.pop(k) for k in _PATIENT_OPTIONS if k in options}
+    disc_nucleus = bool(options.pop("disc_nucleus", False))
     components = variant_components(variant, rng_anat)
     segments = plan_segments(components, rng_anat)
     habitus = adjust_habitus(random_habitus(rng_anat), **patient_opts)
@@ -151,7 +154,7 @@ def make_phantom(variant: str = "normal", seed: int = 0, **options: Any) -> Phan
     y_shift = round(float(rng_range.uniform(5.0, 30.0)) * (-1 if prone else 1), 1)
     y_mm = ((np.arange(n) - (n - 1) / 2) * pixel + y_shift).astype(np.float32)
 
-    scene = Scene(spine, torso, ribs, pelvis, viscera, habitus, acq)
+    scene = Scene(spine, torso, ribs, pelvis, viscera, habitus, acq, disc_nucleus)
     hu, structures, vertebra_labels, bodies = render_volume(scene, x_mm, y_mm, z0 + dz * np.arange(n_slices), rng_fields)
     volume = Volume(hu=hu, spacing_mm=(dz, pixel, pixel), origin_mm=(float(x_mm[0]), float(y_mm[0]), float(z0)))
     compartments = COMPARTMENT_OF_STRUCTURE[structures]
@@ -162,6 +165,7 @@ def make_phantom(variant: str = "normal", seed: int = 0, **options: Any) -> Phan
     truth = ground_truth(volume=volume, tissues=tissues, spine=spine, ribs=ribs, variant=variant,
                          components=components, patient=patient, acquisition=acq, seed=seed,
                          compartments=compartments)
+    truth["disc_nucleus"] = disc_nucleus
     log.debug("phantom_made", variant=variant, seed=seed, shape=volume.shape)
     return Phantom(volume, vertebra_labels, {v.label: v.name for v in spine.vertebrae}, tissues, truth,
                    patient, dict(acq), structures, body_disc_labels=bodies, compartment_labels=compartments)

@@ -59,6 +59,7 @@ class Structure(IntEnum):
     PANCREAS = 37
     MARROW = 38  # fatty marrow of long bones
     THIN_CORTEX = 39  # endplates and thin bone plates, partial-volumed cortex
+    DISC_NUCLEUS = 44  # the disc's nucleus pulposus, darker than its annulus
     # Never painted: the truth relabels slice-centre codes (see l3node.phantom.render.settle_truth).
     SLAB_BONE = 40  # soft tissue at the slice centre with bone elsewhere in the slab: partial volume, no compartment
     PARASPINAL_FAT = 41  # fat enclosed by the vertebra and the back muscles, psoas or QL: fat around the spine, not VAT
@@ -110,7 +111,9 @@ _BASE_HU: dict[Structure, tuple[float, float]] = {
     Structure.TABLE_FOAM: (-930.0, 15.0),
     Structure.CORTICAL: (560.0, 90.0),
     Structure.CANCELLOUS: (230.0, 32.0),
-    Structure.DISC: (85.0, 10.0),
+    Structure.DISC: (85.0, 10.0),  # the annulus fibrosus
+    # Real CT (ts_example_ct, L2/L3 disc, smoothed): annulus 70-90 HU, nucleus 60-68 HU.
+    Structure.DISC_NUCLEUS: (62.0, 8.0),
     Structure.CANAL: (12.0, 5.0),
     Structure.EPIDURAL_FAT: (-90.0, 12.0),
     Structure.LIVER: (58.0, 6.0),

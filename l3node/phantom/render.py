@@ -30,7 +30,7 @@ _BONE = (int(Structure.CORTICAL), int(Structure.CANCELLOUS), int(Structure.THIN_
 _FECES, _GAS = int(Structure.FECES), int(Structure.BOWEL_GAS)
 _SOFT = (int(Structure.MUSCLE), int(Structure.BACK_MUSCLE), int(Structure.IMAT), int(Structure.VAT), int(Structure.SAT))
 _MUSCLE_CODES = (int(Structure.MUSCLE), int(Structure.BACK_MUSCLE), int(Structure.IMAT))
-_SPINE = (int(Structure.DISC), int(Structure.CANAL), int(Structure.EPIDURAL_FAT), int(Structure.SLAB_BONE))
+_SPINE = (int(Structure.DISC), int(Structure.DISC_NUCLEUS), int(Structure.CANAL), int(Structure.EPIDURAL_FAT), int(Structure.SLAB_BONE))
 _EIGHT = np.ones((3, 3), bool)
 POCKET_MAX_MM2 = 500.0
 """Visceral fat enclosed by muscle in pockets up to this size is intermuscular; a larger
@@ -126,6 +126,7 @@ class Scene:
     viscera: Viscera
     habitus: Habitus
     acquisition: dict
+    disc_nucleus: bool = False  # discs with a darker nucleus (make_phantom's ``disc_nucleus``)
 
 
 class _Painter:
@@ -169,7 +170,7 @@ class _Painter:
             if lowest <= z <= v.z_superior_mm + 8.0:
                 self.window.clear()
                 regions = np.zeros_like(self.window.image) if bodies is not None else None
-                paint_vertebra(self.window, v, below, z, s.spine.y_centre_at(z), regions)
+                paint_vertebra(self.window, v, below, z, s.spine.y_centre_at(z), regions, s.disc_nucleus)
                 painted = self.window.image > 0
                 canvas.image[rows, cols][painted] = self.window.image[painted]
                 if labels is not None:
